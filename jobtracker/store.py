@@ -1,0 +1,343 @@
+"""Write parsed job results, in bulk, on a connection whose transaction the caller opened.
+
+One call handles one batch: it reads the stored status and payload hash of every job in the
+batch with one query, then classifies each incoming result:
+
+* new       -> insert the job, its configs, inputs, first history row and download rows;
+* changed   -> update the job, replace configs/inputs, add a history row if the status moved,
+               upsert download rows (fresh signed URLs replace expired ones until fetched);
+* unchanged -> nothing (a poll only stamps ``last_polled_at``);
+* stale     -> a lower-ranked status than the stored one (an old cached answer): not applied,
+               counted, so a status never goes backwards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+
+from jobtracker.db import RawJSON
+from jobtracker.parse import PARSER_VERSION
+from jobtracker.results import JobResult, JobStatus
+from jobtracker.schema import downloads, job_configs, job_inputs, job_status_history, jobs
+from jobtracker.urls import url_expiry
+
+# Keeps each IN (...) list well under every backend's bound-parameter limit.
+_LOOKUP_CHUNK = 1000
+
+
+@dataclass(slots=True)
+class WriteStats:
+    """What one or more write batches did."""
+
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    stale: int = 0
+
+    def add(self, other: WriteStats) -> None:
+        """Accumulate another batch's counts into this one."""
+        self.received += other.received
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.stale += other.stale
+
+
+@dataclass(slots=True)
+class _Incoming:
+    result: JobResult
+    job_id: str
+    payload_json: str
+    payload_hash: str
+
+
+def canonical_json(payload: Any) -> str:
+    """Serialise a payload deterministically (sorted keys), so equal payloads hash equally."""
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _dt(ms: int | None) -> datetime | None:
+    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def write_results(
+    conn: Connection,
+    items: Iterable[tuple[JobResult, Any]],
+    *,
+    now: datetime,
+    polled: bool = False,
+) -> WriteStats:
+    """Upsert ``(result, raw_payload)`` pairs; every result must carry a job id.
+
+    ``polled`` stamps ``last_polled_at`` on every job of the batch (the poller's bookkeeping).
+    Idempotent: writing the same batch twice changes nothing the second time.
+    """
+    stats = WriteStats()
+    batch: dict[str, _Incoming] = {}
+    for result, payload in items:
+        stats.received += 1
+        if result.job_id is None:
+            raise ValueError("write_results needs a job id on every result")
+        text = canonical_json(payload)
+        incoming = _Incoming(
+            result, result.job_id, text, hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+        )
+        # Within one batch the most advanced answer wins; equal ranks: the later one.
+        prior = batch.get(incoming.job_id)
+        if prior is None or result.status.rank >= prior.result.status.rank:
+            batch[incoming.job_id] = incoming
+    if not batch:
+        return stats
+
+    existing = _lookup(conn, list(batch))
+    new: list[_Incoming] = []
+    changed: list[tuple[_Incoming, Any]] = []
+    touched: list[str] = []
+    for job_id, inc in batch.items():
+        row = existing.get(job_id)
+        if row is None:
+            new.append(inc)
+            continue
+        old_status = JobStatus(row.status)
+        if inc.result.status.rank < old_status.rank:
+            stats.stale += 1
+            touched.append(job_id)
+        elif (
+            inc.payload_hash == row.payload_hash
+            and row.parser_version == PARSER_VERSION
+            and inc.result.status is old_status
+        ):
+            stats.unchanged += 1
+            touched.append(job_id)
+        else:
+            changed.append((inc, row))
+    stats.unchanged += stats.received - len(batch)  # duplicates inside the batch
+    stats.inserted = len(new)
+    stats.updated = len(changed)
+
+    last_polled = now if polled else None
+    if new:
+        conn.execute(jobs.insert(), [_job_row(inc, now, last_polled, None) for inc in new])
+    if changed:
+        # An import is not a poll: it leaves the poller's last_polled_at alone.
+        columns = _UPDATE_COLUMNS if polled else _UPDATE_COLUMNS[:-1]
+        conn.execute(
+            update(jobs)
+            .where(jobs.c.job_id == bindparam("b_job_id"))
+            .values({c: bindparam(c) for c in columns}),
+            [_update_row(inc, row, now, columns) for inc, row in changed],
+        )
+        changed_ids = [inc.job_id for inc, _ in changed]
+        for table in (job_configs, job_inputs):
+            for chunk in _chunks(changed_ids):
+                conn.execute(table.delete().where(table.c.job_id.in_(chunk)))
+    fresh = new + [inc for inc, _ in changed]
+    _insert_children(conn, fresh)
+    _insert_history(conn, new, changed, now)
+    _upsert_downloads(conn, [inc for inc in fresh if inc.result.status is JobStatus.COMPLETED], now)
+    if polled and touched:
+        for chunk in _chunks(touched):
+            conn.execute(update(jobs).where(jobs.c.job_id.in_(chunk)).values(last_polled_at=now))
+    return stats
+
+
+def _chunks(ids: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(ids), _LOOKUP_CHUNK):
+        yield ids[start : start + _LOOKUP_CHUNK]
+
+
+def _lookup(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
+    found: dict[str, Any] = {}
+    query = select(
+        jobs.c.job_id,
+        jobs.c.status,
+        jobs.c.payload_hash,
+        jobs.c.parser_version,
+        jobs.c.terminal_seen_at,
+    ).where(jobs.c.job_id.in_(bindparam("ids", expanding=True)))
+    for chunk in _chunks(ids):
+        for row in conn.execute(query, {"ids": list(chunk)}):
+            found[row.job_id] = row
+    return found
+
+
+_UPDATE_COLUMNS = (
+    "status",
+    "job_type",
+    "response_shape",
+    "created_at",
+    "started_at",
+    "ended_at",
+    "run_time_s",
+    "queue_time_s",
+    "error_message",
+    "num_predictions",
+    "num_errors",
+    "callback_url",
+    "notify",
+    "raw_payload",
+    "payload_hash",
+    "parser_version",
+    "last_changed_at",
+    "terminal_seen_at",
+    "last_polled_at",
+)
+
+
+def _job_row(
+    inc: _Incoming, now: datetime, last_polled: datetime | None, terminal_seen: datetime | None
+) -> dict[str, Any]:
+    r = inc.result
+    if r.status.is_terminal and terminal_seen is None:
+        terminal_seen = now
+    return {
+        "job_id": inc.job_id,
+        "status": r.status.value,
+        "job_type": r.job_type,
+        "response_shape": r.shape,
+        "created_at": _dt(r.created_ms),
+        "started_at": _dt(r.started_ms),
+        "ended_at": _dt(r.ended_ms),
+        "run_time_s": r.get_run_time(),
+        "queue_time_s": r.get_queue_time(),
+        "error_message": r.error_message,
+        "num_predictions": r.num_predictions,
+        "num_errors": r.num_errors,
+        "callback_url": r.callback_url,
+        "notify": r.notify,
+        "raw_payload": RawJSON(inc.payload_json),
+        "payload_hash": inc.payload_hash,
+        "parser_version": PARSER_VERSION,
+        "first_seen_at": now,
+        "last_changed_at": now,
+        "terminal_seen_at": terminal_seen if r.status.is_terminal else None,
+        "last_polled_at": last_polled,
+    }
+
+
+def _update_row(inc: _Incoming, old: Any, now: datetime, columns: Sequence[str]) -> dict[str, Any]:
+    row = _job_row(inc, now, now, old.terminal_seen_at)
+    out = {c: row[c] for c in columns}
+    out["b_job_id"] = inc.job_id
+    return out
+
+
+def _insert_children(conn: Connection, fresh: Sequence[_Incoming]) -> None:
+    configs: list[dict[str, Any]] = []
+    inputs: list[dict[str, Any]] = []
+    for inc in fresh:
+        r = inc.result
+        run_time = r.get_run_time()
+        for model, config in r.configs.items():
+            configs.append(
+                {"job_id": inc.job_id, "model": model, "config": config, "run_time_s": run_time}
+            )
+        for pos, url in enumerate(r.urls):
+            inputs.append(
+                {"job_id": inc.job_id, "kind": "url", "position": pos, "value": url, "detail": None}
+            )
+        for pos, file in enumerate(r.files):
+            name = file.get("filename")
+            inputs.append(
+                {
+                    "job_id": inc.job_id,
+                    "kind": "file",
+                    "position": pos,
+                    "value": name if isinstance(name, str) else None,
+                    "detail": file,
+                }
+            )
+        for pos, text in enumerate(r.text):
+            inputs.append(
+                {
+                    "job_id": inc.job_id,
+                    "kind": "text",
+                    "position": pos,
+                    "value": text,
+                    "detail": None,
+                }
+            )
+    if configs:
+        conn.execute(job_configs.insert(), configs)
+    if inputs:
+        conn.execute(job_inputs.insert(), inputs)
+
+
+def _provider_time(r: JobResult) -> datetime | None:
+    if r.status is JobStatus.QUEUED:
+        return _dt(r.created_ms)
+    if r.status is JobStatus.IN_PROGRESS:
+        return _dt(r.started_ms)
+    return _dt(r.ended_ms)
+
+
+def _insert_history(
+    conn: Connection,
+    new: Sequence[_Incoming],
+    changed: Sequence[tuple[_Incoming, Any]],
+    now: datetime,
+) -> None:
+    rows = [
+        {
+            "job_id": inc.job_id,
+            "from_status": None,
+            "to_status": inc.result.status.value,
+            "provider_at": _provider_time(inc.result),
+            "observed_at": now,
+        }
+        for inc in new
+    ]
+    rows.extend(
+        {
+            "job_id": inc.job_id,
+            "from_status": old.status,
+            "to_status": inc.result.status.value,
+            "provider_at": _provider_time(inc.result),
+            "observed_at": now,
+        }
+        for inc, old in changed
+        if old.status != inc.result.status.value
+    )
+    if rows:
+        conn.execute(job_status_history.insert(), rows)
+
+
+def _upsert_downloads(conn: Connection, completed: Sequence[_Incoming], now: datetime) -> None:
+    rows = [
+        {
+            "job_id": inc.job_id,
+            "kind": kind,
+            "state": "pending",
+            "source_url": url,
+            "url_expires_at": url_expiry(url),
+            "attempts": 0,
+            "created_at": now,
+            "updated_at": now,
+        }
+        for inc in completed
+        for kind, url in inc.result.download_urls().items()
+    ]
+    if not rows:
+        return
+    insert = (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(downloads)
+    # A re-fetched legacy job carries freshly signed URLs: they replace the old ones for any
+    # file not fetched yet; a file already on disk keeps its record.
+    stmt = insert.on_conflict_do_update(
+        index_elements=[downloads.c.job_id, downloads.c.kind],
+        set_={
+            "source_url": insert.excluded.source_url,
+            "url_expires_at": insert.excluded.url_expires_at,
+            "updated_at": insert.excluded.updated_at,
+        },
+        where=downloads.c.state != "done",
+    )
+    conn.execute(stmt, rows)
