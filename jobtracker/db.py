@@ -141,7 +141,7 @@ def check_ready(engine: Engine, url: str) -> None:
             current = current_revision(conn)
     except SQLAlchemyError as exc:
         raise DatabaseNotReady(
-            f"cannot open database {shown}: {exc.__class__.__name__}: {exc.orig if hasattr(exc, 'orig') else exc}"
+            f"cannot open database {shown}: {getattr(exc, 'orig', None) or exc}"
         ) from exc
     head = head_revision()
     if current == head:

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Connection, ColumnElement, Select, and_, exists, func, select
+from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, select
 
 from jobtracker.results import JobStatus
 from jobtracker.schema import downloads, job_configs, job_inputs, job_status_history, jobs

@@ -9,7 +9,7 @@ there, as migrations must not change after release); ``VIEW_NAMES`` lists them.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -24,6 +24,7 @@ from sqlalchemy import (
     Integer,
     MetaData,
     String,
+    Table,
     Text,
     text,
 )
@@ -220,9 +221,9 @@ class Download(Base):
     )
 
 
-jobs = Job.__table__
-job_configs = JobConfig.__table__
-job_inputs = JobInput.__table__
-job_status_history = JobStatusHistory.__table__
-downloads = Download.__table__
+jobs = cast(Table, Job.__table__)
+job_configs = cast(Table, JobConfig.__table__)
+job_inputs = cast(Table, JobInput.__table__)
+job_status_history = cast(Table, JobStatusHistory.__table__)
+downloads = cast(Table, Download.__table__)
 metadata = Base.metadata

@@ -42,7 +42,7 @@ def read_records(source: str | Path) -> Iterator[Record | BadRecord]:
         yield from _read_stream(sys.stdin, name)
         return
     try:
-        handle = Path(source).open(encoding="utf-8")
+        handle = Path(source).open(encoding="utf-8")  # noqa: SIM115 - closed below, in a generator
     except OSError as exc:
         yield BadRecord(name, f"cannot open: {exc.strerror or exc}")
         return

@@ -263,8 +263,10 @@ class Tracker:
         include_failed: bool = True,
         limit: int | None = None,
     ) -> list[queries.DownloadRow]:
-        """Result files not fetched yet, oldest first (those expiring soonest first when
-        ``expiring_within`` is given: only signed URLs that expire within that time)."""
+        """Result files not fetched yet (pending or failed), oldest first.
+
+        With ``expiring_within``: only signed URLs that expire within that time, soonest first.
+        """
         before = None if expiring_within is None else self.clock() + expiring_within
         with self.read() as conn:
             return list(

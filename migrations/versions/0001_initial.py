@@ -26,12 +26,16 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 def _views(dialect: str) -> dict[str, str]:
     """View SQL frozen at this revision; only the day and string aggregation differ by dialect."""
     if dialect == "postgresql":
-        models = "(SELECT string_agg(c.model, ',' ORDER BY c.model) FROM job_configs c WHERE c.job_id = j.job_id)"
+        models = (
+            "(SELECT string_agg(c.model, ',' ORDER BY c.model) "
+            "FROM job_configs c WHERE c.job_id = j.job_id)"
+        )
         day = "(j.created_at AT TIME ZONE 'UTC')::date"
     else:
         models = (
             "(SELECT group_concat(model, ',') FROM "
-            "(SELECT c.model AS model FROM job_configs c WHERE c.job_id = j.job_id ORDER BY c.model))"
+            "(SELECT c.model AS model FROM job_configs c "
+            "WHERE c.job_id = j.job_id ORDER BY c.model))"
         )
         day = "date(j.created_at)"
     return {
