@@ -4,6 +4,7 @@ Poll the batch API, store each job's configs, inputs, status, times, errors and 
 SQL, report run times, and download results before their links expire.
 """
 
+from jobtracker._version import __version__
 from jobtracker.errors import (
     ApiError,
     AuthError,
@@ -19,8 +20,6 @@ from jobtracker.errors import (
 from jobtracker.parse import parse_response
 from jobtracker.results import JobResult, JobStatus
 from jobtracker.tracker import IngestStats, Tracker
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ApiError",

@@ -1,32 +1,31 @@
 """The ``jobtracker`` command line: options, one ``Tracker`` call per command, rendering.
 
-Errors become a message on stderr and an exit code here, in one place (:class:`_Group`):
-0 success, 1 some records/jobs failed (the rest were stored), 2 usage or configuration (including
-a database that needs ``jobtracker db upgrade``), 3 API key rejected, 75 another process holds the
-lock, 130 interrupted.
+Shared pieces (error handler and exit codes, option types) live in :mod:`jobtracker.cli_common`;
+the operational commands (track, poll, runs, sandbox, demo) in :mod:`jobtracker.cli_ops`.
 """
 
 from __future__ import annotations
 
-import logging
-import re
 import sys
-from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from datetime import datetime, timedelta
 
 import click
-from sqlalchemy.exc import SQLAlchemyError
 
-from jobtracker import __version__
-from jobtracker.errors import JobTrackerError, ParseError
-from jobtracker.render import FORMATS, Format, render, render_one
-from jobtracker.settings import DB_ENV
+from jobtracker import cli_ops
+from jobtracker._version import __version__
+from jobtracker.cli_common import (
+    EXIT_PARTIAL,
+    Duration,
+    JobTrackerGroup,
+    When,
+    configure_logging,
+    db_option,
+    format_option,
+    say,
+)
+from jobtracker.errors import ParseError
+from jobtracker.render import Format, render, render_one
 from jobtracker.tracker import Tracker
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_AUTH, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
 
 JOB_COLUMNS = (
     "job_id",
@@ -40,106 +39,7 @@ JOB_COLUMNS = (
 DOWNLOAD_COLUMNS = ("job_id", "kind", "state", "attempts", "url_expires_at", "last_error")
 
 
-class _Group(click.Group):
-    """Maps every jobtracker error to its message and exit code."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except JobTrackerError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(exc.exit_code)
-        except SQLAlchemyError as exc:
-            # Driver messages can be long; the first line says what failed.
-            first = str(getattr(exc, "orig", exc)).strip().splitlines()[0:1]
-            click.echo(
-                f"error: database error: {first[0] if first else type(exc).__name__}", err=True
-            )
-            ctx.exit(EXIT_PARTIAL)
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            ctx.exit(EXIT_INTERRUPTED)
-
-
-class Duration(click.ParamType):  # type: ignore[type-arg] # generic only in newer click
-    """``90s``, ``15m``, ``24h``, ``7d`` (or plain seconds)."""
-
-    name = "duration"
-    _units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> timedelta:
-        if isinstance(value, timedelta):
-            return value
-        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", str(value))
-        if not match:
-            self.fail(f"{value!r} is not a duration like 90s, 15m, 24h or 7d", param, ctx)
-        return timedelta(seconds=float(match[1]) * self._units[match[2] or "s"])
-
-
-class When(click.ParamType):  # type: ignore[type-arg] # generic only in newer click
-    """An ISO date or time (UTC unless it says otherwise), or an age like ``7d`` (that long ago)."""
-
-    name = "when"
-
-    def convert(
-        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
-    ) -> datetime:
-        if isinstance(value, datetime):
-            return value
-        text = str(value).strip()
-        if re.fullmatch(r"\d+(?:\.\d+)?[smhdw]", text):
-            return datetime.now(UTC) - Duration().convert(text, param, ctx)
-        try:
-            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-        except ValueError:
-            self.fail(
-                f"{value!r} is not a date (2024-05-01), a time (2024-05-01T12:00Z) or an age (7d)",
-                param,
-                ctx,
-            )
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-
-
-def db_option(func: F) -> F:
-    """``--db URL`` (or ``$JOBTRACKER_DB``), declared once for every command."""
-    return click.option(
-        "--db",
-        "db_url",
-        envvar=DB_ENV,
-        metavar="URL",
-        help=f"Database URL (sqlite:///path or postgresql+psycopg://...) [env {DB_ENV}; "
-        "default: an SQLite file in your data directory].",
-    )(func)
-
-
-def format_option(func: F) -> F:
-    """``--format table|json|csv``."""
-    return click.option(
-        "--format",
-        "fmt",
-        type=click.Choice(FORMATS),
-        default="table",
-        show_default=True,
-        help="Output format.",
-    )(func)
-
-
-def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.WARNING
-    if verbose == 1:
-        level = logging.INFO
-    elif verbose > 1:
-        level = logging.DEBUG
-    if quiet:
-        level = logging.ERROR
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
-
-
-@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=JobTrackerGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="jobtracker")
 @click.option("-v", "--verbose", count=True, help="Log more (-vv for debug).")
 @click.option("-q", "--quiet", is_flag=True, help="Print only errors and requested output.")
@@ -155,17 +55,7 @@ def main(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["quiet"] = quiet
-    _configure_logging(verbose, quiet)
-
-
-def _quiet() -> bool:
-    return bool(click.get_current_context().find_root().obj.get("quiet"))
-
-
-def _say(message: str) -> None:
-    """A status line on stderr (so stdout stays clean for JSON/CSV), unless --quiet."""
-    if not _quiet():
-        click.echo(message, err=True)
+    configure_logging(verbose, quiet)
 
 
 # --- db ------------------------------------------------------------------------------------
@@ -194,7 +84,7 @@ def db_upgrade(revision: str, db_url: str | None) -> None:
     """
     with Tracker(db_url) as tracker:
         tracker.upgrade(revision)
-        _say(f"database {tracker.display_url} is at revision {tracker.current_revision()}")
+        say(f"database {tracker.display_url} is at revision {tracker.current_revision()}")
 
 
 @db.command("current")
@@ -225,9 +115,7 @@ def db_downgrade(revision: str, db_url: str | None) -> None:
     """
     with Tracker(db_url) as tracker:
         tracker.downgrade(revision)
-        _say(
-            f"database {tracker.display_url} is at revision {tracker.current_revision() or 'base'}"
-        )
+        say(f"database {tracker.display_url} is at revision {tracker.current_revision() or 'base'}")
 
 
 # --- import --------------------------------------------------------------------------------
@@ -259,7 +147,7 @@ def import_(paths: tuple[str, ...], job_id: str | None, db_url: str | None, fmt:
         stats = tracker.import_files(paths, job_id=job_id, on_error=report)
     if fmt == "table":
         d = stats.as_dict()
-        _say(
+        say(
             f"imported {d['received']} record(s): {d['inserted']} new, {d['updated']} updated, "
             f"{d['unchanged']} unchanged, {d['stale']} stale (ignored), {d['failed']} failed"
         )
@@ -444,3 +332,8 @@ def report_run_times(by: str, since: datetime | None, db_url: str | None, fmt: F
     with Tracker(db_url) as tracker:
         rows = tracker.run_time_stats(by=by, since=since)  # type: ignore[arg-type]
     render((r.as_dict() for r in rows), fmt, sys.stdout)
+
+
+# The operational commands live in their own module; registered here so `main` lists them.
+for _command in (cli_ops.track, cli_ops.poll, cli_ops.runs, cli_ops.sandbox, cli_ops.demo):
+    main.add_command(_command)

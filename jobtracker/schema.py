@@ -114,6 +114,12 @@ class Job(Base):
     last_changed_at: Mapped[datetime]
     terminal_seen_at: Mapped[datetime | None]
     last_polled_at: Mapped[datetime | None]
+    # The poller's schedule: when to GET this job again, failures in a row, the last error,
+    # and when the API answered 404 for it (then it is no longer polled).
+    next_poll_at: Mapped[datetime | None]
+    poll_failures: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    last_poll_error: Mapped[str | None] = mapped_column(Text)
+    not_found_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(_check_in("status", STATUS_VALUES), name="status"),
@@ -221,9 +227,69 @@ class Download(Base):
     )
 
 
+class TrackedJob(Base):
+    """A job id registered with ``jobtracker track``, to fetch even if no list shows it."""
+
+    __tablename__ = "tracked_jobs"
+
+    job_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    added_at: Mapped[datetime]
+    note: Mapped[str | None] = mapped_column(Text)
+    # Set when the API answered 404: the id is kept, and no longer asked for.
+    not_found_at: Mapped[datetime | None]
+
+
+class PollRun(Base):
+    """One ``jobtracker poll`` (or ``download``) run: is cron healthy, when did it last succeed."""
+
+    __tablename__ = "poll_runs"
+
+    id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True
+    )
+    command: Mapped[str] = mapped_column(String(16))
+    started_at: Mapped[datetime]
+    finished_at: Mapped[datetime | None]
+    host: Mapped[str] = mapped_column(Text)
+    pid: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(16))
+    requests: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    jobs_seen: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    jobs_changed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    jobs_failed: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+    __table_args__ = (Index(None, "command", "started_at"),)
+
+
+class Lease(Base):
+    """A named, expiring lock held by one process (overlapping cron runs, downloaders)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    holder: Mapped[str] = mapped_column(Text)
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
+
+
+class TrackerState(Base):
+    """Small named values the poller keeps between runs (e.g. the discovery cursor)."""
+
+    __tablename__ = "tracker_state"
+
+    key: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    updated_at: Mapped[datetime]
+
+
 jobs = cast(Table, Job.__table__)
 job_configs = cast(Table, JobConfig.__table__)
 job_inputs = cast(Table, JobInput.__table__)
 job_status_history = cast(Table, JobStatusHistory.__table__)
 downloads = cast(Table, Download.__table__)
+tracked_jobs = cast(Table, TrackedJob.__table__)
+poll_runs = cast(Table, PollRun.__table__)
+leases = cast(Table, Lease.__table__)
+tracker_state = cast(Table, TrackerState.__table__)
 metadata = Base.metadata

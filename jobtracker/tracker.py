@@ -12,6 +12,7 @@ The CLI calls one ``Tracker`` method per command; Python code can do the same::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -19,13 +20,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, select, text
 
 from jobtracker import db, queries
+from jobtracker.client import DEFAULT_MAX_RPS, BatchClient
 from jobtracker.errors import AuthError, ParseError, UnknownJob
 from jobtracker.parse import parse_response
+from jobtracker.poller import Poller, PollOptions, PollSummary
 from jobtracker.results import JobResult
-from jobtracker.settings import resolve_db_url
+from jobtracker.schema import poll_runs, tracked_jobs
+from jobtracker.settings import resolve_api_key, resolve_api_url, resolve_db_url
 from jobtracker.sources import BadRecord, Record, read_records
 from jobtracker.store import WriteStats, write_results
 from jobtracker.urls import redact_db_url
@@ -278,3 +282,67 @@ class Tracker:
                     limit=limit,
                 )
             )
+
+    # --- polling --------------------------------------------------------------------------
+
+    def client(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        max_rps: float = DEFAULT_MAX_RPS,
+        pool_size: int = 16,
+    ) -> BatchClient:
+        """A batch-API client for this tracker's polls and downloads.
+
+        URL: argument, else ``$JOBTRACKER_API_URL``, else the Hume API; key: argument, else
+        ``$HUME_API_KEY``.
+        """
+        return BatchClient(
+            resolve_api_url(api_url), resolve_api_key(api_key), max_rps=max_rps, pool_size=pool_size
+        )
+
+    def track(self, job_ids: Iterable[str], note: str | None = None) -> int:
+        """Register job ids for the poller to follow; returns how many were new."""
+        ids = list(dict.fromkeys(i.strip() for i in job_ids if i and i.strip()))
+        if not ids:
+            return 0
+        now = self.clock()
+        added = 0
+        with self.write() as conn:
+            for start in range(0, len(ids), 1000):
+                chunk = ids[start : start + 1000]
+                known = set(
+                    conn.execute(
+                        select(tracked_jobs.c.job_id).where(tracked_jobs.c.job_id.in_(chunk))
+                    ).scalars()
+                )
+                rows = [
+                    {"job_id": i, "added_at": now, "note": note} for i in chunk if i not in known
+                ]
+                if rows:
+                    conn.execute(tracked_jobs.insert(), rows)
+                added += len(rows)
+        return added
+
+    def poll(
+        self,
+        client: BatchClient,
+        options: PollOptions | None = None,
+        stop: threading.Event | None = None,
+    ) -> PollSummary:
+        """Run one poll cycle (see :mod:`jobtracker.poller`).
+
+        Raises :class:`LockHeld` while another poll runs, :class:`AuthError` when the API
+        rejects the key.
+        """
+        self._check()
+        return Poller(self, client, options, stop).run()
+
+    def runs(self, limit: int = 20, command: str | None = None) -> list[dict[str, Any]]:
+        """The most recent poll/download runs, newest first."""
+        query = select(poll_runs).order_by(poll_runs.c.id.desc()).limit(limit)
+        if command:
+            query = query.where(poll_runs.c.command == command)
+        with self.read() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
