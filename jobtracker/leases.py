@@ -1,7 +1,8 @@
 """Named, expiring leases in the database: one poller (or downloader) at a time.
 
 A lease row names its holder (``host:pid:token``) and an expiry. Taking it succeeds when no row
-exists, the row has expired (its holder was killed), or we already hold it; otherwise
+exists, the row has expired, its holder was a process on this host that no longer exists (killed),
+or we already hold it; otherwise
 :class:`LockHeld` names the holder. The caller runs these inside a write transaction, which is
 serialised on both backends (``BEGIN IMMEDIATE`` / an advisory lock), so two processes can never
 both see the lease free. A long run renews its lease as it goes.
@@ -25,6 +26,27 @@ def new_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
+def holder_is_dead(holder: str) -> bool:
+    """True when the holder ran on this host and its process no longer exists.
+
+    Lets the next cron run take over at once after a poller was killed (SIGKILL, OOM) instead
+    of waiting for the lease to expire; holders on other hosts are judged by expiry alone.
+    """
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # alive, owned by another user
+    return False
+
+
 def acquire(conn: Connection, name: str, holder: str, *, now: datetime, ttl: timedelta) -> None:
     """Take lease ``name`` for ``ttl``, or raise :class:`LockHeld` naming who holds it."""
     row = conn.execute(
@@ -35,7 +57,7 @@ def acquire(conn: Connection, name: str, holder: str, *, now: datetime, ttl: tim
             leases.insert().values(name=name, holder=holder, acquired_at=now, expires_at=now + ttl)
         )
         return
-    if row.holder != holder and row.expires_at > now:
+    if row.holder != holder and row.expires_at > now and not holder_is_dead(row.holder):
         left = int((row.expires_at - now).total_seconds())
         raise LockHeld(
             f"another {name} run holds the lock: {row.holder} (lease expires in {left}s)",
