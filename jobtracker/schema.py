@@ -204,6 +204,10 @@ class Download(Base):
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
     completed_at: Mapped[datetime | None]
+    # The downloader fetching this file now (``host:pid:token``) and until when: two
+    # downloaders never fetch the same file.
+    claimed_by: Mapped[str | None] = mapped_column(Text)
+    claim_expires_at: Mapped[datetime | None]
 
     __table_args__ = (
         CheckConstraint(_check_in("state", DOWNLOAD_STATES), name="state"),

@@ -21,26 +21,6 @@ TS = sa.DateTime(timezone=True)
 ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
-def _saved_sqlite_views() -> list[tuple[str, str]]:
-    """Drop the views over ``jobs`` and return their SQL, so SQLite can rebuild the table.
-
-    SQLite drops a column by copying the table and renaming the copy, which fails while a view
-    names the table; PostgreSQL alters in place and needs none of this.
-    """
-    bind = op.get_bind()
-    if bind.dialect.name != "sqlite":
-        return []
-    views = [
-        (str(name), str(sql))
-        for name, sql in bind.execute(
-            sa.text("SELECT name, sql FROM sqlite_master WHERE type = 'view' ORDER BY name")
-        )
-    ]
-    for name, _ in views:
-        op.execute(f"DROP VIEW {name}")
-    return views
-
-
 def upgrade() -> None:
     # Plain ADD COLUMN: both backends do it in place (no table rebuild under the views).
     op.add_column("jobs", sa.Column("next_poll_at", TS, nullable=True))
@@ -99,11 +79,7 @@ def downgrade() -> None:
     op.drop_index("ix_poll_runs_command_started_at", table_name="poll_runs")
     op.drop_table("poll_runs")
     op.drop_table("tracked_jobs")
-    views = _saved_sqlite_views()
-    with op.batch_alter_table("jobs") as batch:
-        batch.drop_column("not_found_at")
-        batch.drop_column("last_poll_error")
-        batch.drop_column("poll_failures")
-        batch.drop_column("next_poll_at")
-    for _, sql in views:
-        op.execute(sql)
+    # Plain DROP COLUMN (SQLite >= 3.35 and PostgreSQL): a batch-mode table rebuild would drop
+    # the old `jobs` table, and with foreign keys on that cascades into every child table.
+    for column in ("not_found_at", "last_poll_error", "poll_failures", "next_poll_at"):
+        op.execute(f"ALTER TABLE jobs DROP COLUMN {column}")
