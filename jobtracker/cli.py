@@ -242,7 +242,7 @@ def jobs_show(job_id: str, db_url: str | None, fmt: Format) -> None:
 
 @main.group()
 def downloads() -> None:
-    """Result files: which are outstanding.
+    """Result files: list what is outstanding, verify what is on disk.
 
     \b
     Example:
@@ -335,5 +335,13 @@ def report_run_times(by: str, since: datetime | None, db_url: str | None, fmt: F
 
 
 # The operational commands live in their own module; registered here so `main` lists them.
-for _command in (cli_ops.track, cli_ops.poll, cli_ops.runs, cli_ops.sandbox, cli_ops.demo):
+for _command in (
+    cli_ops.track,
+    cli_ops.poll,
+    cli_ops.download,
+    cli_ops.runs,
+    cli_ops.sandbox,
+    cli_ops.demo,
+):
     main.add_command(_command)
+downloads.add_command(cli_ops.downloads_verify)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from types import FrameType
@@ -19,6 +19,7 @@ from jobtracker.cli_common import (
     Duration,
     db_option,
     format_option,
+    quiet,
     say,
 )
 from jobtracker.client import DEFAULT_MAX_RPS
@@ -323,4 +324,131 @@ def demo(jobs: int, legacy: int, seed: int, db_url: str | None) -> None:
         sys.exit(EXIT_PARTIAL)
 
 
-__all__ = ["demo", "poll", "runs", "sandbox", "track"]
+@click.command("download")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False),
+    help="Directory for result files (remembered per database; default: results/ beside "
+    "the database).",
+)
+@click.option(
+    "--kind",
+    type=click.Choice(["predictions", "artifacts", "errors"]),
+    help="Only this kind of file.",
+)
+@click.option("--job", "job_id", metavar="ID", help="Only this job's files.")
+@click.option(
+    "--concurrency",
+    type=click.IntRange(1, 32),
+    default=4,
+    show_default=True,
+    help="Files in flight at once.",
+)
+@click.option(
+    "--retry-failed", is_flag=True, help="Also try files marked failed after their attempts."
+)
+@click.option(
+    "--max-duration", type=Duration(), help="Stop starting new files after this long (e.g. 30m)."
+)
+@click.option(
+    "--api-url", envvar=API_URL_ENV, metavar="URL", help=f"Batch API base URL [env {API_URL_ENV}]."
+)
+@click.option(
+    "--max-rps",
+    type=click.FloatRange(min=0.1),
+    default=DEFAULT_MAX_RPS,
+    show_default=True,
+    help="Requests per second at most.",
+)
+@db_option
+@format_option
+def download(
+    dest: str | None,
+    kind: str | None,
+    job_id: str | None,
+    concurrency: int,
+    retry_failed: bool,
+    max_duration: timedelta | None,
+    api_url: str | None,
+    max_rps: float,
+    db_url: str | None,
+    fmt: Format,
+) -> None:
+    """Fetch every outstanding result file and record what was fetched (run it from cron).
+
+    Files go to DEST/j-<job id, encoded>/<kind>.<ext>; each is streamed, checked against its
+    Content-Length, hashed (sha256) and renamed into place only when complete. Expiring
+    signed URLs are fetched first; expired ones are refreshed through the API. Exit code 1
+    when any file failed (the rest are done).
+
+    \b
+    Example:
+      HUME_API_KEY=... jobtracker download --dest /data/hume-results
+      jobtracker download --kind predictions --concurrency 8
+    """
+    progress = (
+        _progress_printer() if fmt == "table" and sys.stderr.isatty() and not quiet() else None
+    )
+    with (
+        Tracker(db_url) as tracker,
+        tracker.client(api_url, max_rps=max_rps, pool_size=concurrency * 2) as client,
+        stop_on_signals() as stop,
+    ):
+        summary = tracker.download(
+            client,
+            dest=dest,
+            kind=kind,
+            job_id=job_id,
+            concurrency=concurrency,
+            retry_failed=retry_failed,
+            max_duration=None if max_duration is None else max_duration.total_seconds(),
+            stop=stop,
+            on_progress=progress,
+        )
+    if progress is not None:
+        click.echo("", err=True)
+    if fmt == "table":
+        click.echo(summary.line())
+    else:
+        render([summary.as_dict()], fmt, sys.stdout)
+    for failure in summary.failures[:20]:
+        say(f"  failed: {failure}")
+    sys.exit(EXIT_OK if summary.outcome in _OK_OUTCOMES else EXIT_PARTIAL)
+
+
+def _progress_printer() -> Callable[[int, int, int], None]:
+    """A one-line progress display on a terminal: files and bytes."""
+
+    def show(done: int, total: int, size: int) -> None:
+        width = 30
+        filled = width if not total else min(width, width * done // total)
+        bar = "#" * filled + "-" * (width - filled)
+        click.echo(f"\r[{bar}] {done}/{total} files, {size / 1e6:.1f} MB", nl=False, err=True)
+
+    return show
+
+
+@click.command("verify")
+@db_option
+@format_option
+def downloads_verify(db_url: str | None, fmt: Format) -> None:
+    """Re-hash downloaded files; missing or changed files go back to pending.
+
+    \b
+    Example:
+      jobtracker downloads verify && jobtracker download
+    """
+    with Tracker(db_url) as tracker:
+        result = tracker.verify_downloads()
+    if fmt == "table":
+        click.echo(
+            f"verified {result.checked} files: {result.ok} ok, {result.missing} missing, "
+            f"{result.changed} changed (missing and changed ones are pending again)"
+        )
+    else:
+        render([result.as_dict()], fmt, sys.stdout)
+    if result.missing or result.changed:
+        sys.exit(EXIT_PARTIAL)
+
+
+__all__ = ["demo", "download", "downloads_verify", "poll", "runs", "sandbox", "track"]

@@ -3,8 +3,10 @@
 Starts the simulated batch API in-process on 127.0.0.1, creates a few dozen jobs (some in the
 legacy shape, registered with ``track`` as the list endpoint never shows those), polls until
 every job is terminal while showing progress, downloads the results, and prints the run-time
-report. The sandbox's clock is advanced between polls, so jobs that "take minutes" finish in
-seconds. Only the CLI imports this module: the library never imports the sandbox.
+report. Result files go to the database's download directory (``results/`` beside the SQLite
+file unless ``--dest`` was used before). The sandbox's clock is advanced between polls, so jobs
+that "take minutes" finish in seconds; it starts in the recent past so that the recorded times
+end near now. Only the CLI imports this module: the library never imports the sandbox.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from jobtracker.client import BatchClient
 from jobtracker.poller import PollOptions, PollSummary
 from jobtracker.sandbox import ManualClock, Sandbox
 from jobtracker.tracker import Tracker
@@ -32,8 +35,8 @@ class DemoResult:
     rounds: int
     finished: int
     polls: list[PollSummary]
-    downloaded: int | None
-    download_dir: Path | None
+    downloaded: int
+    download_dir: Path
 
 
 def run_demo(
@@ -47,7 +50,7 @@ def run_demo(
 ) -> DemoResult:
     """Run the demo on ``tracker``'s database (migrating it first); returns what happened."""
     tracker.upgrade()
-    clock = ManualClock(time.time())
+    clock = ManualClock(time.time() - MAX_ROUNDS * ROUND_ADVANCE_S / 2)
     real_clock = tracker.clock
     # The tracker's clock follows the sandbox's, so job ages (and the poll backoff) make sense.
     tracker.clock = lambda: datetime.fromtimestamp(clock.now(), UTC)
@@ -81,12 +84,14 @@ def run_demo(
                 downloaded = _download(tracker, client, download_dir, echo)
     finally:
         tracker.clock = real_clock
-    return DemoResult(total, rounds, finished, polls, downloaded, download_dir)
+    return DemoResult(total, rounds, finished, polls, downloaded, tracker.download_dir())
 
 
 def _download(
-    tracker: Tracker, client: object, download_dir: Path | None, echo: Callable[[str], None]
-) -> int | None:
-    outstanding = tracker.outstanding_downloads()
-    echo(f"{len(outstanding)} result files outstanding (`jobtracker downloads list`)")
-    return None
+    tracker: Tracker, client: BatchClient, download_dir: Path | None, echo: Callable[[str], None]
+) -> int:
+    summary = tracker.download(client, dest=download_dir, concurrency=4)
+    echo(summary.line())
+    for failure in summary.failures[:5]:
+        echo(f"  failed: {failure}")
+    return summary.files_done

@@ -32,9 +32,10 @@ from jobtracker import leases
 from jobtracker.client import BatchClient
 from jobtracker.errors import ApiError, AuthError, JobNotFound, JobTrackerError, ParseError
 from jobtracker.parse import parse_response
+from jobtracker.queries import get_state
 from jobtracker.results import JobResult, JobStatus
-from jobtracker.schema import jobs, poll_runs, tracked_jobs, tracker_state
-from jobtracker.store import write_results
+from jobtracker.schema import jobs, poll_runs, tracked_jobs
+from jobtracker.store import set_state, write_results
 
 if TYPE_CHECKING:
     from jobtracker.tracker import Tracker
@@ -257,7 +258,7 @@ class Poller:
                             rows,
                         )
             if cursor_ms is not None:
-                _set_state(conn, CURSOR_KEY, str(cursor_ms), now)
+                set_state(conn, CURSOR_KEY, str(cursor_ms), now)
 
     def _parse_page(
         self, page: Iterable[Any], only_known: set[str] | None
@@ -289,7 +290,7 @@ class Poller:
 
     def _discover(self) -> None:
         with self.tracker.read() as conn:
-            stored = _get_state(conn, CURSOR_KEY)
+            stored = get_state(conn, CURSOR_KEY)
         cursor = int(stored) if stored else None
         after = -1 if cursor is None else max(cursor - self.options.overlap_ms, -1)
         newest = cursor or 0
@@ -462,18 +463,3 @@ class Poller:
                     .where(tracked_jobs.c.job_id.in_(missing))
                     .values(not_found_at=now)
                 )
-
-
-def _get_state(conn: Any, key: str) -> str | None:
-    value: str | None = conn.execute(
-        select(tracker_state.c.value).where(tracker_state.c.key == key)
-    ).scalar()
-    return value
-
-
-def _set_state(conn: Any, key: str, value: str, now: datetime) -> None:
-    done = conn.execute(
-        update(tracker_state).where(tracker_state.c.key == key).values(value=value, updated_at=now)
-    )
-    if done.rowcount == 0:
-        conn.execute(tracker_state.insert().values(key=key, value=value, updated_at=now))

@@ -17,7 +17,14 @@ from typing import Any, Literal
 from sqlalchemy import ColumnElement, Connection, Select, and_, exists, func, select
 
 from jobtracker.results import JobStatus
-from jobtracker.schema import downloads, job_configs, job_inputs, job_status_history, jobs
+from jobtracker.schema import (
+    downloads,
+    job_configs,
+    job_inputs,
+    job_status_history,
+    jobs,
+    tracker_state,
+)
 
 GroupBy = Literal["model", "status", "day"]
 
@@ -401,3 +408,11 @@ def outstanding_downloads(
         query = query.limit(limit)
     for row in conn.execute(query.execution_options(yield_per=1000)):
         yield DownloadRow(**row._asdict())
+
+
+def get_state(conn: Connection, key: str) -> str | None:
+    """A small named value kept between runs, or ``None``."""
+    value: str | None = conn.execute(
+        select(tracker_state.c.value).where(tracker_state.c.key == key)
+    ).scalar()
+    return value

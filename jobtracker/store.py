@@ -26,7 +26,14 @@ from sqlalchemy.dialects import postgresql, sqlite
 from jobtracker.db import RawJSON
 from jobtracker.parse import PARSER_VERSION
 from jobtracker.results import JobResult, JobStatus
-from jobtracker.schema import downloads, job_configs, job_inputs, job_status_history, jobs
+from jobtracker.schema import (
+    downloads,
+    job_configs,
+    job_inputs,
+    job_status_history,
+    jobs,
+    tracker_state,
+)
 from jobtracker.urls import url_expiry
 
 # Keeps each IN (...) list well under every backend's bound-parameter limit.
@@ -341,3 +348,12 @@ def _upsert_downloads(conn: Connection, completed: Sequence[_Incoming], now: dat
         where=downloads.c.state != "done",
     )
     conn.execute(stmt, rows)
+
+
+def set_state(conn: Connection, key: str, value: str, now: datetime) -> None:
+    """Store a small named value between runs (cursor, remembered download directory)."""
+    done = conn.execute(
+        update(tracker_state).where(tracker_state.c.key == key).values(value=value, updated_at=now)
+    )
+    if done.rowcount == 0:
+        conn.execute(tracker_state.insert().values(key=key, value=value, updated_at=now))

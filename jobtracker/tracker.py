@@ -24,14 +24,22 @@ from sqlalchemy import Connection, select, text
 
 from jobtracker import db, queries
 from jobtracker.client import DEFAULT_MAX_RPS, BatchClient
+from jobtracker.downloads import (
+    Downloader,
+    DownloadOptions,
+    DownloadSummary,
+    ProgressFn,
+    VerifySummary,
+    verify,
+)
 from jobtracker.errors import AuthError, ParseError, UnknownJob
 from jobtracker.parse import parse_response
 from jobtracker.poller import Poller, PollOptions, PollSummary
 from jobtracker.results import JobResult
 from jobtracker.schema import poll_runs, tracked_jobs
-from jobtracker.settings import resolve_api_key, resolve_api_url, resolve_db_url
+from jobtracker.settings import data_dir, resolve_api_key, resolve_api_url, resolve_db_url
 from jobtracker.sources import BadRecord, Record, read_records
-from jobtracker.store import WriteStats, write_results
+from jobtracker.store import WriteStats, set_state, write_results
 from jobtracker.urls import redact_db_url
 
 #: Jobs written per transaction by ingest: large enough to amortise commits, small enough that
@@ -39,6 +47,8 @@ from jobtracker.urls import redact_db_url
 INGEST_BATCH = 2000
 #: Parse errors kept on ``IngestStats.errors`` (all are passed to ``on_error``).
 MAX_KEPT_ERRORS = 1000
+#: tracker_state key remembering the download directory of this database.
+DOWNLOAD_DIR_KEY = "download.dest"
 # Arbitrary constant naming jobtracker's writer lock on PostgreSQL.
 _PG_WRITE_LOCK = 7428131
 
@@ -346,3 +356,52 @@ class Tracker:
             query = query.where(poll_runs.c.command == command)
         with self.read() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
+
+    # --- downloads ------------------------------------------------------------------------
+
+    def download_dir(self, dest: str | Path | None = None) -> Path:
+        """Where result files go for this database.
+
+        ``dest`` when given (and then remembered for this database), else the remembered one,
+        else ``results/`` beside the SQLite file (in the data directory for PostgreSQL).
+        """
+        if dest is not None:
+            chosen = Path(dest).expanduser().resolve()
+            with self.write() as conn:
+                set_state(conn, DOWNLOAD_DIR_KEY, str(chosen), self.clock())
+            return chosen
+        with self.read() as conn:
+            remembered = queries.get_state(conn, DOWNLOAD_DIR_KEY)
+        if remembered:
+            return Path(remembered)
+        path = db.sqlite_path(self.url)
+        return (path.resolve().parent if path is not None else data_dir()) / "results"
+
+    def download(
+        self,
+        client: BatchClient,
+        *,
+        dest: str | Path | None = None,
+        kind: str | None = None,
+        job_id: str | None = None,
+        concurrency: int = 4,
+        retry_failed: bool = False,
+        max_duration: float | None = None,
+        stop: threading.Event | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> DownloadSummary:
+        """Fetch every outstanding result file (see :mod:`jobtracker.downloads`)."""
+        options = DownloadOptions(
+            dest=self.download_dir(dest),
+            kind=kind,
+            job_id=job_id,
+            concurrency=concurrency,
+            retry_failed=retry_failed,
+            max_duration=max_duration,
+        )
+        options.dest.mkdir(parents=True, exist_ok=True)
+        return Downloader(self, client, options, stop, on_progress).run()
+
+    def verify_downloads(self) -> VerifySummary:
+        """Re-hash downloaded files; missing or changed ones go back to pending."""
+        return verify(self)

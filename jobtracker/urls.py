@@ -7,6 +7,7 @@ log, an error message or command output.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -79,3 +80,15 @@ def url_expiry(url: str | None) -> datetime | None:
     except (ValueError, OverflowError, OSError):
         return None
     return None
+
+
+_SECRET_IN_TEXT = re.compile(
+    r"(?i)\b("
+    + "|".join(sorted(map(re.escape, _SECRET_PARAMS), key=len, reverse=True))
+    + r")=([^&\s'\"]+)"
+)
+
+
+def redact_text(text: str) -> str:
+    """Hide signature-like ``name=value`` pairs inside free text (exception messages)."""
+    return _SECRET_IN_TEXT.sub(lambda m: f"{m[1]}={REDACTED}", text)
