@@ -262,8 +262,10 @@ class Poller:
 
     def _parse_page(
         self, page: Iterable[Any], only_known: set[str] | None
-    ) -> list[tuple[JobResult, Any]]:
+    ) -> tuple[list[tuple[JobResult, Any]], int | None]:
+        """The page's jobs to store, and the newest creation time on the page (for paging)."""
         out = []
+        newest: int | None = None
         for payload in page:
             try:
                 result = parse_response(payload)
@@ -273,12 +275,14 @@ class Poller:
             if result.job_id is None:
                 self._fail(None, "job in list has no job_id")
                 continue
+            if result.created_ms is not None:
+                newest = result.created_ms if newest is None else max(newest, result.created_ms)
             if only_known is not None and result.job_id not in only_known:
                 continue
             self._seen.add(result.job_id)
             self.summary.jobs_seen += 1
             out.append((result, payload))
-        return out
+        return out, newest
 
     def _fail(self, job_id: str | None, message: str) -> None:
         self.summary.jobs_failed += 1
@@ -303,16 +307,13 @@ class Poller:
                 sort_by="created",
                 direction="asc",
             )
-            results = self._parse_page(page, None)
-            created = [r.created_ms for r, _ in results if r.created_ms is not None]
-            newest = max([newest, *created])
+            results, top = self._parse_page(page, None)
+            newest = max(newest, top or 0)
             self._store(results, cursor_ms=newest)
-            if len(page) < self.options.page_size:
+            next_after = _next_after(page, top, after, self.options.page_size)
+            if next_after is None:
                 return
-            # Next page: everything after the newest millisecond minus one, so jobs sharing
-            # that millisecond across the page boundary are not skipped (re-reads are free).
-            nxt = max(created, default=after) - 1
-            after = nxt if nxt > after else after + 1
+            after = next_after
         log.warning("discovery stopped after %d pages", _MAX_PAGES)
 
     # --- refresh --------------------------------------------------------------------------
@@ -362,15 +363,14 @@ class Poller:
                 sort_by="created",
                 direction="asc",
             )
-            results = self._parse_page(page, known)
+            results, top = self._parse_page(page, known)
             for result, _ in results:
                 due.pop(result.job_id or "", None)
             self._store(results)
-            if len(page) < self.options.page_size:
+            next_after = _next_after(page, top, after, self.options.page_size)
+            if next_after is None:
                 return
-            created = [r.created_ms for r, _ in results if r.created_ms is not None]
-            nxt = max(created, default=after) - 1
-            after = nxt if nxt > after else after + 1
+            after = next_after
 
     def _fetch_each(self, ids: Sequence[str]) -> None:
         """GET each job with bounded concurrency; store results in batches as they arrive."""
@@ -463,3 +463,21 @@ class Poller:
                     .where(tracked_jobs.c.job_id.in_(missing))
                     .values(not_found_at=now)
                 )
+
+
+def _next_after(page: Sequence[Any], top: int | None, after: int, page_size: int) -> int | None:
+    """The ``created_after`` of the next page, or ``None`` when paging is done.
+
+    The next page starts one millisecond before the newest job seen, so jobs sharing that
+    millisecond across a page boundary are not skipped (re-reading one is free: it is
+    unchanged). Paging ends on an empty page or one that brings nothing newer, which does not
+    rely on the server honouring our ``limit`` (it may cap it lower).
+    """
+    if not page or top is None or top - 1 <= after:
+        if len(page) >= page_size:
+            log.warning(
+                "a full page of jobs shares one creation millisecond; some may be missed "
+                "until they change"
+            )
+        return None
+    return top - 1

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pg_server import PG_BIN_ENV, PostgresServer, find_pg_bindir
+
+from jobtracker.tracker import Tracker
 
 # --- database fixtures ---
 #
@@ -61,3 +66,48 @@ def db_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "pg_url"
     url: str = request.getfixturevalue(fixture)
     return url
+
+
+# --- core test helpers (tests/test_core_*.py) ---
+#
+# The shared sample API responses live in ``shared/samples`` beside the repository (not copied
+# into it); tests that read them are skipped where that folder is absent.
+
+CORE_SAMPLES_DIR = Path(__file__).resolve().parents[2] / "shared" / "samples"
+
+
+@pytest.fixture
+def core_samples() -> Path:
+    """The shared sample responses directory; skips the test when it is missing."""
+    if not (CORE_SAMPLES_DIR / "legacy" / "completed.json").is_file():
+        pytest.skip(f"sample API responses not found in {CORE_SAMPLES_DIR}")
+    return CORE_SAMPLES_DIR
+
+
+@pytest.fixture
+def core_sample(core_samples: Path) -> Callable[[str], Any]:
+    """Load one sample response by its path below ``shared/samples`` (``legacy/failed.json``)."""
+
+    def load(name: str) -> Any:
+        return json.loads((core_samples / name).read_text(encoding="utf-8"))
+
+    return load
+
+
+@pytest.fixture
+def core_make_tracker() -> Iterator[Callable[..., Tracker]]:
+    """Build ``Tracker``s (migrated unless ``upgrade=False``); all are closed after the test."""
+    made: list[Tracker] = []
+
+    def make(
+        url: str, *, clock: Callable[[], datetime] | None = None, upgrade: bool = True
+    ) -> Tracker:
+        tracker = Tracker(url, clock=clock)
+        made.append(tracker)
+        if upgrade:
+            tracker.upgrade()
+        return tracker
+
+    yield make
+    for tracker in made:
+        tracker.close()
