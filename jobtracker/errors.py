@@ -46,7 +46,10 @@ class ParseError(JobTrackerError):
 
     def __str__(self) -> str:
         prefix = f"{self.where}: " if self.where else ""
-        job = f" (job {self.job_id})" if self.job_id else ""
+        job = ""
+        if self.job_id:
+            shown = self.job_id if len(self.job_id) <= 60 else f"{self.job_id[:59]}…"
+            job = f" (job {shown})"
         return f"{prefix}{self.message}{job}"
 
 

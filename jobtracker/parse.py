@@ -26,13 +26,24 @@ PARSER_VERSION = 1
 
 # 9999-12-31T23:59:59.999Z: the last instant a datetime can hold.
 _MAX_MS = 253_402_300_799_999
+# Counts are stored in 32-bit INTEGER columns (PostgreSQL's int4).
+_MAX_COUNT = 2**31 - 1
+# Payload text quoted in an error message is cut to this many characters.
+_SHOWN = 40
+
+
+def _cut(text: str) -> str:
+    """A payload string short enough to quote in an error message."""
+    return text if len(text) <= _SHOWN else text[: _SHOWN - 1] + "…"
+
+
 _STATUSES = {s.value: s for s in JobStatus}
 
 
 def summarize(value: Any) -> str:
     """Describe a JSON value briefly for an error message, without dumping it."""
     if isinstance(value, Mapping):
-        keys = sorted(str(k) for k in value)
+        keys = sorted(_cut(str(k)) for k in value)
         shown = ", ".join(keys[:8]) + (", ..." if len(keys) > 8 else "")
         return f"an object with keys [{shown}]"
     if isinstance(value, list):
@@ -85,8 +96,8 @@ class _Reader:
         value = parent.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise self.fail(path, "a non-negative integer", value)
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_COUNT:
+            raise self.fail(path, f"an integer from 0 to {_MAX_COUNT}", value)
         return value
 
     def opt_time(
@@ -95,16 +106,13 @@ class _Reader:
         value = parent.get(key)
         if value is None:
             return None
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(path, "an epoch timestamp (number)", value)
-        ms = round(value * unit_ms)
-        if not 0 <= ms <= _MAX_MS:
-            raise ParseError(f"{path}: timestamp {value!r} is out of range", job_id=self.job_id)
-        return ms
+        # Range-check before any float arithmetic: a huge int would overflow it.
+        finite = isinstance(value, int) or math.isfinite(value)
+        if not finite or not 0 <= value <= _MAX_MS // unit_ms:
+            raise ParseError(f"{path}: timestamp out of range", job_id=self.job_id)
+        return round(value * unit_ms)
 
     def str_list(self, parent: Mapping[str, Any], key: str, path: str) -> list[str]:
         value = parent.get(key)
@@ -129,7 +137,7 @@ class _Reader:
         if status is None:
             known = ", ".join(_STATUSES)
             raise ParseError(
-                f"{path}: unknown status {value[:40]!r} (known: {known})", job_id=self.job_id
+                f"{path}: unknown status {_cut(value)!r} (known: {known})", job_id=self.job_id
             )
         return status
 
@@ -140,7 +148,7 @@ class _Reader:
             if config is None:
                 config = {}
             if not isinstance(config, Mapping):
-                raise self.fail(f"{path}.{name}", "a config object or null", config)
+                raise self.fail(f"{path}.{_cut(str(name))}", "a config object or null", config)
             configs[str(name)] = dict(config)
         return configs
 
@@ -160,14 +168,17 @@ def parse_response(payload: Any, job_id: str | None = None) -> JobResult:
         if not isinstance(own_id, str) or not own_id:
             raise ParseError(f"job_id: expected a non-empty string, got {summarize(own_id)}")
         if job_id is not None and job_id != own_id:
-            raise ParseError(f"payload is for job {own_id!r}, not {job_id!r}", job_id=job_id)
+            raise ParseError(
+                f"payload is for job {_cut(own_id)!r}, not {_cut(job_id)!r}", job_id=job_id
+            )
         job_id = own_id
     if isinstance(payload.get("state"), Mapping):
         return _parse_current(payload, _Reader(job_id))
     if "status" in payload:
         return _parse_legacy(payload, _Reader(job_id))
     raise ParseError(
-        f"not a batch job payload (no 'state' or 'status'): got {summarize(payload)}", job_id=job_id
+        f"not a batch job payload (no 'state' or 'status'): got {summarize(payload)}",
+        job_id=job_id,
     )
 
 
