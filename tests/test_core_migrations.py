@@ -107,6 +107,46 @@ def test_each_revision_downgrades_and_upgrades_one_step(
     assert tracker.ingest([PAYLOAD]).inserted == 1
 
 
+def test_downgrading_one_step_keeps_every_row(db_url: str, core_make_tracker: MakeTracker) -> None:
+    # A batch-mode table rebuild on SQLite drops the old parent table, and with foreign keys on
+    # that cascades into every child table: a downgrade must keep the data it does not drop.
+    tracker = core_make_tracker(db_url)
+    completed = {
+        "job_id": "m-2",
+        "request": {"models": {"face": {}, "prosody": {}}, "urls": ["https://example.com/a"]},
+        "state": {
+            "status": "COMPLETED",
+            "created_timestamp_ms": 1_700_000_000_000,
+            "started_timestamp_ms": 1_700_000_001_000,
+            "ended_timestamp_ms": 1_700_000_004_000,
+        },
+    }
+    assert tracker.ingest([PAYLOAD, completed]).inserted == 2
+
+    def counts() -> dict[str, int]:
+        with tracker.engine.connect() as conn:
+            return {
+                t: conn.execute(text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+                for t in sorted(CORE_TABLES)
+            }
+
+    before = counts()
+    assert before == {
+        "downloads": 2,
+        "job_configs": 2,
+        "job_inputs": 1,
+        "job_status_history": 2,
+        "jobs": 2,
+    }
+    script = ScriptDirectory.from_config(db.alembic_config())
+    for revision in [r.revision for r in script.walk_revisions()][1:]:
+        tracker.downgrade(revision)
+        assert counts() == before, f"rows lost going down to {revision}"
+    tracker.upgrade()
+    assert counts() == before
+    assert tracker.job("m-2").models == ["face", "prosody"]
+
+
 def test_migrated_schema_matches_the_models(db_url: str, core_make_tracker: MakeTracker) -> None:
     tracker = core_make_tracker(db_url)
     include_object = env_include_object()
