@@ -17,6 +17,7 @@ The poller prints nothing; it returns a :class:`PollSummary`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, func, or_, select, update
+from sqlalchemy import func, or_, select, update
 
 from jobtracker import leases
 from jobtracker.client import BatchClient
@@ -43,6 +44,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobtracker.poller")
 
 CURSOR_KEY = "discover.created_ms"
+SWEEP_KEY = "refresh.sweep_at"
+REFRESH_KEY = "refresh.last_at"
+# Allowance for the API's clock running behind ours when comparing its times with our runs.
+_CLOCK_SLACK = timedelta(minutes=5)
+# Unfinished jobs younger than this are refreshed through the list endpoint; older ones are
+# fetched one by one on their backoff schedule, so one stuck job cannot make every listing
+# reach back days.
+_LISTABLE_AGE = timedelta(days=1)
 LEASE_NAME = "poll"
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value)
 # Every paging loop stops here even if the API keeps answering full pages.
@@ -60,6 +69,7 @@ class PollOptions:
     overlap_ms: int = 5 * 60 * 1000
     stale_after: timedelta = timedelta(days=7)
     list_threshold: int = 20
+    sweep_interval: timedelta = timedelta(hours=1)
     batch_size: int = 200
     lease_ttl: timedelta = timedelta(minutes=10)
 
@@ -97,6 +107,13 @@ class PollSummary:
             f"{self.not_found} not found, {self.unfinished} unfinished ({self.stale_jobs} stale), "
             f"{self.duration_s:.1f}s"
         )
+
+
+def _next_poll_at(result: JobResult, now: datetime) -> datetime | None:
+    """When to fetch this job again on its own: never once finished, else by its age."""
+    if result.status.is_terminal:
+        return None
+    return now + next_poll_delay(now - (result.get_created_time() or now))
 
 
 def next_poll_delay(age: timedelta, failures: int = 0) -> timedelta:
@@ -160,6 +177,17 @@ class Poller:
                 )
                 .returning(poll_runs.c.id)
             ).scalar_one()
+            # Holding the lease, no other poll runs: a row still "running" belongs to a poller
+            # that was killed (SIGKILL, OOM, power cut) and will never finish it.
+            conn.execute(
+                update(poll_runs)
+                .where(
+                    poll_runs.c.command == "poll",
+                    poll_runs.c.outcome == "running",
+                    poll_runs.c.id != self.summary.run_id,
+                )
+                .values(outcome="abandoned", error="the poller stopped without finishing")
+            )
         try:
             if self.options.discover:
                 self._discover()
@@ -172,6 +200,12 @@ class Poller:
             raise
         except JobTrackerError as exc:
             self.summary.outcome, self.summary.error = "failed", str(exc)
+        except BaseException as exc:
+            # A second Ctrl-C, a database error, a bug: the run row must still say how it ended.
+            interrupted = isinstance(exc, KeyboardInterrupt)
+            self.summary.outcome = "interrupted" if interrupted else "failed"
+            self.summary.error = None if interrupted else f"{type(exc).__name__}: {exc}"[:500]
+            raise
         finally:
             self._finish()
         return self.summary
@@ -221,42 +255,32 @@ class Poller:
     # --- writing --------------------------------------------------------------------------
 
     def _store(
-        self, results: Sequence[tuple[JobResult, Any]], *, cursor_ms: int | None = None
+        self,
+        results: Sequence[tuple[JobResult, Any]],
+        *,
+        cursor_ms: int | None = None,
+        fetched: bool = False,
     ) -> None:
-        """Write one batch, schedule the next poll of unfinished jobs, renew the lease."""
+        """Write one batch with each job's next-poll time, and renew the lease.
+
+        ``fetched`` marks jobs asked for one by one: even unchanged, they are stamped polled
+        and rescheduled; jobs seen in passing in a listing are only written when they changed.
+        """
         now = self.tracker.clock()
         with self.tracker.write() as conn:
             leases.renew(conn, LEASE_NAME, self.holder, now=now, ttl=self.options.lease_ttl)
             if results:
-                stats = write_results(conn, results, now=now, polled=True)
+                stats = write_results(
+                    conn,
+                    results,
+                    now=now,
+                    polled=True,
+                    touch_unchanged=fetched,
+                    next_poll=lambda r: _next_poll_at(r, now),
+                )
                 self.summary.jobs_new += stats.inserted
                 self.summary.jobs_changed += stats.updated
                 self.summary.stale_ignored += stats.stale
-                schedule = [
-                    {
-                        "b_id": r.job_id,
-                        "next_poll_at": now + next_poll_delay(now - (r.get_created_time() or now)),
-                    }
-                    for r, _ in results
-                    if not r.status.is_terminal
-                ]
-                done = [
-                    {"b_id": r.job_id, "next_poll_at": None}
-                    for r, _ in results
-                    if r.status.is_terminal
-                ]
-                for rows in (schedule, done):
-                    if rows:
-                        conn.execute(
-                            update(jobs)
-                            .where(jobs.c.job_id == bindparam("b_id"))
-                            .values(
-                                next_poll_at=bindparam("next_poll_at"),
-                                poll_failures=0,
-                                last_poll_error=None,
-                            ),
-                            rows,
-                        )
             if cursor_ms is not None:
                 set_state(conn, CURSOR_KEY, str(cursor_ms), now)
 
@@ -279,10 +303,35 @@ class Poller:
                 newest = result.created_ms if newest is None else max(newest, result.created_ms)
             if only_known is not None and result.job_id not in only_known:
                 continue
-            self._seen.add(result.job_id)
-            self.summary.jobs_seen += 1
+            self._see(result.job_id)
             out.append((result, payload))
         return out, newest
+
+    def _next_after(self, page: Sequence[Any], top: int | None, after: int) -> int | None:
+        """The ``created_after`` of the next page, or ``None`` when paging is done.
+
+        The next page starts one millisecond before the newest job seen, so jobs sharing that
+        millisecond across a page boundary are not skipped (re-reading one is free: it is
+        unchanged). Paging ends on an empty page or one that brings nothing newer, which does
+        not rely on the server honouring our ``limit`` (it may cap it lower).
+        """
+        if not page or top is None or top - 1 <= after:
+            if len(page) >= self.options.page_size:
+                # The API pages by time only: jobs past a full page in one millisecond cannot
+                # be listed. Say so (outcome "partial") rather than lose them silently.
+                self._fail(
+                    None,
+                    "a full page of jobs shares one creation millisecond; "
+                    "those past the page were not listed",
+                )
+            return None
+        return top - 1
+
+    def _see(self, job_id: str) -> None:
+        # Pages overlap by a millisecond; a job counts once however often it is read.
+        if job_id not in self._seen:
+            self._seen.add(job_id)
+            self.summary.jobs_seen += 1
 
     def _fail(self, job_id: str | None, message: str) -> None:
         self.summary.jobs_failed += 1
@@ -310,7 +359,7 @@ class Poller:
             results, top = self._parse_page(page, None)
             newest = max(newest, top or 0)
             self._store(results, cursor_ms=newest)
-            next_after = _next_after(page, top, after, self.options.page_size)
+            next_after = self._next_after(page, top, after)
             if next_after is None:
                 return
             after = next_after
@@ -318,14 +367,17 @@ class Poller:
 
     # --- refresh --------------------------------------------------------------------------
 
-    def _due(self) -> tuple[dict[str, datetime | None], list[str]]:
-        """Unfinished jobs due for a refresh (id -> created time), and tracked ids never fetched."""
+    def _due(self) -> tuple[dict[str, tuple[datetime | None, str]], list[str]]:
+        """Unfinished jobs due for a refresh, and tracked ids never fetched.
+
+        The first maps each job id to its creation time and response shape.
+        """
         now = self.tracker.clock()
         with self.tracker.read() as conn:
             due = {
-                job_id: created
-                for job_id, created in conn.execute(
-                    select(jobs.c.job_id, jobs.c.created_at).where(
+                job_id: (created, shape)
+                for job_id, created, shape in conn.execute(
+                    select(jobs.c.job_id, jobs.c.created_at, jobs.c.response_shape).where(
                         jobs.c.status.in_(_UNFINISHED),
                         jobs.c.not_found_at.is_(None),
                         or_(jobs.c.next_poll_at.is_(None), jobs.c.next_poll_at <= now),
@@ -344,38 +396,108 @@ class Poller:
         return due, fresh
 
     def _refresh(self) -> None:
-        due, fresh = self._due()
-        if len(due) >= self.options.list_threshold:
-            self._list_unfinished(due)
-        self._fetch_each([*due, *fresh])
+        """Refresh due unfinished jobs, asking the list endpoint first where that is cheaper.
 
-    def _list_unfinished(self, due: dict[str, datetime | None]) -> None:
-        known = set(due) if not self.options.discover else None
-        oldest = min((c for c in due.values() if c is not None), default=None)
-        after = -1 if oldest is None else int(oldest.timestamp() * 1000) - 1
+        Jobs the list endpoint shows (today's shape, created in the last day) are refreshed by
+        listing; the rest (legacy and tracked-but-never-listed ids, and old jobs on their
+        backoff schedule) are fetched one by one.
+
+        * A normal run lists the *finished* jobs created since the oldest due one (those are
+          exactly the jobs that changed, plus finished ones already known) and one page of the
+          most recently started jobs; due jobs in neither are still unfinished and unchanged,
+          and cost nothing.
+        * A sweep run (every ``sweep_interval``) lists the *unfinished* jobs instead and fetches
+          every due job that left that list one by one, so anything a listing missed (a job
+          deleted on the API side, a status that changed while pages were read) is caught.
+        """
+        due, fresh = self._due()
+        now = self.tracker.clock()
+        listable = {
+            job_id: created
+            for job_id, (created, shape) in due.items()
+            if shape == "current" and created is not None and now - created < _LISTABLE_AGE
+        }
+        single = [job_id for job_id in due if job_id not in listable]
+        if len(listable) < self.options.list_threshold or self._sweep_due(now):
+            # Every listable due job gets fresh data this run (one by one, or the unfinished
+            # listing plus a GET for each job that left it): that is a sweep.
+            if len(listable) >= self.options.list_threshold:
+                self._list(listable, list(_UNFINISHED))
+            single.extend(listable)
+            with self.tracker.write() as conn:
+                set_state(conn, SWEEP_KEY, now.isoformat(), now)
+        else:
+            with self.tracker.read() as conn:
+                last = get_state(conn, REFRESH_KEY)
+            since = None if last is None else datetime.fromisoformat(last) - _CLOCK_SLACK
+            self._list(listable, [JobStatus.COMPLETED.value, JobStatus.FAILED.value])
+            self._recent_starts(listable, since)
+        self._fetch_each([*single, *fresh])
+        with self.tracker.write() as conn:
+            set_state(conn, REFRESH_KEY, now.isoformat(), now)
+
+    def _sweep_due(self, now: datetime) -> bool:
+        with self.tracker.read() as conn:
+            last = get_state(conn, SWEEP_KEY)
+        return last is None or now - datetime.fromisoformat(last) >= self.options.sweep_interval
+
+    def _list(self, due: dict[str, datetime], statuses: list[str]) -> None:
+        """List jobs with ``statuses`` created since the oldest due job.
+
+        Every due job the listing shows is stored and dropped from ``due``.
+        """
+        after = int(min(due.values()).timestamp() * 1000) - 1
         for _ in range(_MAX_PAGES):
             self._check_stop()
             page = self.client.list_jobs(
                 limit=self.options.page_size,
-                status=list(_UNFINISHED),
+                status=statuses,
                 when="created_after",
                 timestamp_ms=after,
                 sort_by="created",
                 direction="asc",
             )
-            results, top = self._parse_page(page, known)
+            results, top = self._parse_page(page, set(due))
             for result, _ in results:
                 due.pop(result.job_id or "", None)
             self._store(results)
-            next_after = _next_after(page, top, after, self.options.page_size)
-            if next_after is None:
+            next_after = self._next_after(page, top, after)
+            if next_after is None or not due:
                 return
             after = next_after
+
+    def _recent_starts(self, due: dict[str, datetime], since: datetime | None) -> None:
+        """Catch QUEUED -> IN_PROGRESS: one page of the most recently started jobs.
+
+        When that page is full and reaches back no further than the previous refresh (more
+        jobs started since than one page holds), the running jobs created since the oldest due
+        one are listed instead.
+        """
+        self._check_stop()
+        page = self.client.list_jobs(
+            limit=self.options.page_size,
+            status=[JobStatus.IN_PROGRESS.value],
+            sort_by="started",
+            direction="desc",
+        )
+        results, _ = self._parse_page(page, set(due))
+        running = [(r, p) for r, p in results if r.status is JobStatus.IN_PROGRESS]
+        for result, _ in running:
+            due.pop(result.job_id or "", None)
+        self._store(running)
+        started = [_started_ms(p) for p in page]
+        oldest = min((s for s in started if s is not None), default=None)
+        reaches_back = (
+            since is not None and oldest is not None and oldest < since.timestamp() * 1000
+        )
+        if len(page) >= self.options.page_size and not reaches_back and due:
+            self._list(due, [JobStatus.IN_PROGRESS.value])
 
     def _fetch_each(self, ids: Sequence[str]) -> None:
         """GET each job with bounded concurrency; store results in batches as they arrive."""
         if not ids:
             return
+        self._check_stop()
         pending: list[tuple[JobResult, Any]] = []
         failed: list[dict[str, Any]] = []
         missing: list[str] = []
@@ -387,7 +509,7 @@ class Poller:
 
             def submit_more() -> None:
                 # Keep the queue short, so a stop request leaves little unfinished work.
-                while len(running) < self.options.concurrency * 2:
+                while len(running) < self.options.concurrency * 2 and not self.stop.is_set():
                     job_id = next(todo, None)
                     if job_id is None:
                         return
@@ -408,7 +530,15 @@ class Poller:
             finally:
                 for future in running:
                     future.cancel()
-                # Whatever arrived before a stop is still written.
+                # Requests already in flight finish (each is bounded by the client's timeouts
+                # and retry budget); their answers are kept, like everything that arrived.
+                started = [f for f in running if not f.cancelled()]
+                if started:
+                    wait(started)
+                for future in started:
+                    # The run is already ending; a first AuthError is the one raised.
+                    with contextlib.suppress(AuthError):
+                        self._collect(running[future], future, pending, failed, missing)
                 self._store_fetched(pending, failed, missing)
 
     def _collect(
@@ -432,8 +562,7 @@ class Poller:
             self._fail(job_id, str(exc))
             failed.append({"b_id": job_id, "error": str(exc)[:500]})
             return
-        self._seen.add(job_id)
-        self.summary.jobs_seen += 1
+        self._see(job_id)
         pending.append((result, payload))
 
     def _store_fetched(
@@ -441,17 +570,30 @@ class Poller:
     ) -> None:
         if not (pending or failed or missing):
             return
-        self._store(pending)
+        self._store(pending, fetched=True)
         now = self.tracker.clock()
         with self.tracker.write() as conn:
-            for row in failed:
+            known = {
+                row.job_id: row
+                for row in conn.execute(
+                    select(jobs.c.job_id, jobs.c.created_at, jobs.c.poll_failures).where(
+                        jobs.c.job_id.in_([f["b_id"] for f in failed])
+                    )
+                )
+            }
+            for item in failed:
+                row = known.get(item["b_id"])
+                if row is None:
+                    continue  # a tracked id never fetched: asked for again next run
+                failures = row.poll_failures + 1
+                age = now - (row.created_at or now)
                 conn.execute(
                     update(jobs)
-                    .where(jobs.c.job_id == row["b_id"])
+                    .where(jobs.c.job_id == item["b_id"])
                     .values(
-                        poll_failures=jobs.c.poll_failures + 1,
-                        last_poll_error=row["error"],
-                        next_poll_at=now + next_poll_delay(timedelta(0), 1),
+                        poll_failures=failures,
+                        last_poll_error=item["error"],
+                        next_poll_at=now + next_poll_delay(age, failures),
                     )
                 )
             if missing:
@@ -465,19 +607,8 @@ class Poller:
                 )
 
 
-def _next_after(page: Sequence[Any], top: int | None, after: int, page_size: int) -> int | None:
-    """The ``created_after`` of the next page, or ``None`` when paging is done.
-
-    The next page starts one millisecond before the newest job seen, so jobs sharing that
-    millisecond across a page boundary are not skipped (re-reading one is free: it is
-    unchanged). Paging ends on an empty page or one that brings nothing newer, which does not
-    rely on the server honouring our ``limit`` (it may cap it lower).
-    """
-    if not page or top is None or top - 1 <= after:
-        if len(page) >= page_size:
-            log.warning(
-                "a full page of jobs shares one creation millisecond; some may be missed "
-                "until they change"
-            )
-        return None
-    return top - 1
+def _started_ms(payload: Any) -> int | None:
+    """``state.started_timestamp_ms`` of a raw list item, if it is a plain integer."""
+    state = payload.get("state") if isinstance(payload, dict) else None
+    value = state.get("started_timestamp_ms") if isinstance(state, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -82,12 +82,19 @@ def write_results(
     *,
     now: datetime,
     polled: bool = False,
+    touch_unchanged: bool | None = None,
+    next_poll: Callable[[JobResult], datetime | None] | None = None,
 ) -> WriteStats:
     """Upsert ``(result, raw_payload)`` pairs; every result must carry a job id.
 
-    ``polled`` stamps ``last_polled_at`` on every job of the batch (the poller's bookkeeping).
+    The poller's bookkeeping rides on the same rows: ``polled`` stamps ``last_polled_at`` on
+    new and changed jobs and, unless ``touch_unchanged`` is False, on unchanged and stale ones
+    too (a job seen only in passing in a listing is not worth rewriting); ``next_poll`` gives
+    each of those jobs its next-poll time (and clears its poll failures).
     Idempotent: writing the same batch twice changes nothing the second time.
     """
+    if touch_unchanged is None:
+        touch_unchanged = polled
     stats = WriteStats()
     batch: dict[str, _Incoming] = {}
     for result, payload in items:
@@ -133,15 +140,21 @@ def write_results(
 
     last_polled = now if polled else None
     if new:
-        conn.execute(jobs.insert(), [_job_row(inc, now, last_polled, None) for inc in new])
+        conn.execute(
+            jobs.insert(), [_job_row(inc, now, last_polled, None, next_poll) for inc in new]
+        )
     if changed:
-        # An import is not a poll: it leaves the poller's last_polled_at alone.
-        columns = _UPDATE_COLUMNS if polled else _UPDATE_COLUMNS[:-1]
+        # An import is not a poll: it leaves the poller's columns alone.
+        columns = list(_UPDATE_COLUMNS)
+        if polled:
+            columns.append("last_polled_at")
+        if next_poll is not None:
+            columns.extend(_SCHEDULE_COLUMNS)
         conn.execute(
             update(jobs)
             .where(jobs.c.job_id == bindparam("b_job_id"))
             .values({c: bindparam(c) for c in columns}),
-            [_update_row(inc, row, now, columns) for inc, row in changed],
+            [_update_row(inc, row, now, columns, next_poll) for inc, row in changed],
         )
         changed_ids = [inc.job_id for inc, _ in changed]
         for table in (job_configs, job_inputs):
@@ -151,9 +164,27 @@ def write_results(
     _insert_children(conn, fresh)
     _insert_history(conn, new, changed, now)
     _upsert_downloads(conn, [inc for inc in fresh if inc.result.status is JobStatus.COMPLETED], now)
-    if polled and touched:
-        for chunk in _chunks(touched):
-            conn.execute(update(jobs).where(jobs.c.job_id.in_(chunk)).values(last_polled_at=now))
+    if polled and touch_unchanged and touched:
+        if next_poll is None:
+            for chunk in _chunks(touched):
+                conn.execute(
+                    update(jobs).where(jobs.c.job_id.in_(chunk)).values(last_polled_at=now)
+                )
+        else:
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.job_id == bindparam("b_job_id"))
+                .values(
+                    last_polled_at=now,
+                    next_poll_at=bindparam("next_poll_at"),
+                    poll_failures=0,
+                    last_poll_error=None,
+                ),
+                [
+                    {"b_job_id": job_id, "next_poll_at": next_poll(batch[job_id].result)}
+                    for job_id in touched
+                ],
+            )
     return stats
 
 
@@ -196,12 +227,16 @@ _UPDATE_COLUMNS = (
     "parser_version",
     "last_changed_at",
     "terminal_seen_at",
-    "last_polled_at",
 )
+_SCHEDULE_COLUMNS = ("next_poll_at", "poll_failures", "last_poll_error")
 
 
 def _job_row(
-    inc: _Incoming, now: datetime, last_polled: datetime | None, terminal_seen: datetime | None
+    inc: _Incoming,
+    now: datetime,
+    last_polled: datetime | None,
+    terminal_seen: datetime | None,
+    next_poll: Callable[[JobResult], datetime | None] | None,
 ) -> dict[str, Any]:
     r = inc.result
     if r.status.is_terminal and terminal_seen is None:
@@ -228,11 +263,20 @@ def _job_row(
         "last_changed_at": now,
         "terminal_seen_at": terminal_seen if r.status.is_terminal else None,
         "last_polled_at": last_polled,
+        "next_poll_at": None if next_poll is None else next_poll(r),
+        "poll_failures": 0,
+        "last_poll_error": None,
     }
 
 
-def _update_row(inc: _Incoming, old: Any, now: datetime, columns: Sequence[str]) -> dict[str, Any]:
-    row = _job_row(inc, now, now, old.terminal_seen_at)
+def _update_row(
+    inc: _Incoming,
+    old: Any,
+    now: datetime,
+    columns: Sequence[str],
+    next_poll: Callable[[JobResult], datetime | None] | None,
+) -> dict[str, Any]:
+    row = _job_row(inc, now, now, old.terminal_seen_at, next_poll)
     out = {c: row[c] for c in columns}
     out["b_job_id"] = inc.job_id
     return out
