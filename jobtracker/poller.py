@@ -46,8 +46,10 @@ log = logging.getLogger("jobtracker.poller")
 CURSOR_KEY = "discover.created_ms"
 SWEEP_KEY = "refresh.sweep_at"
 REFRESH_KEY = "refresh.last_at"
-# Allowance for the API's clock running behind ours when comparing its times with our runs.
-_CLOCK_SLACK = timedelta(minutes=5)
+# Allowance for the API's clock (and its listings) running behind ours when its start times are
+# compared with our last run. Missing a start costs little: the job's final state comes from
+# the finished listing, which is complete by construction, and the hourly sweep sees the rest.
+_CLOCK_SLACK = timedelta(minutes=1)
 # Unfinished jobs younger than this are refreshed through the list endpoint; older ones are
 # fetched one by one on their backoff schedule, so one stuck job cannot make every listing
 # reach back days.
