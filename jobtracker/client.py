@@ -167,15 +167,15 @@ class BatchClient:
 
     def get_job(self, job_id: str) -> Any:
         """``GET /v0/batch/jobs/{id}``: the job's details (either shape)."""
-        return self.get_json(f"/v0/batch/jobs/{quote(job_id, safe='')}")
+        return self.get_json(f"/v0/batch/jobs/{_quote_id(job_id)}")
 
     def get_predictions(self, job_id: str) -> Any:
         """``GET /v0/batch/jobs/{id}/predictions``: the predictions JSON."""
-        return self.get_json(f"/v0/batch/jobs/{quote(job_id, safe='')}/predictions")
+        return self.get_json(f"/v0/batch/jobs/{_quote_id(job_id)}/predictions")
 
     def job_file_url(self, job_id: str, kind: str) -> str:
         """Absolute URL of a job's ``predictions`` or ``artifacts`` endpoint."""
-        return f"{self.base_url}/v0/batch/jobs/{quote(job_id, safe='')}/{kind}"
+        return f"{self.base_url}/v0/batch/jobs/{_quote_id(job_id)}/{kind}"
 
     # --- transport ------------------------------------------------------------------------
 
@@ -303,3 +303,13 @@ class BatchClient:
 def _origin(url: str) -> tuple[str, str]:
     parts = urlsplit(url)
     return parts.scheme.lower(), (parts.netloc.rsplit("@", 1)[-1]).lower()
+
+
+def _quote_id(job_id: str) -> str:
+    """A job id as one path segment: everything escaped, dots too when the id is all dots.
+
+    ``quote`` leaves ``.`` alone, and a segment of ``.`` or ``..`` would be removed by URL
+    normalisation (``/jobs/../predictions`` is ``/predictions``).
+    """
+    quoted = quote(job_id, safe="")
+    return quoted.replace(".", "%2E") if set(quoted) <= {"."} else quoted

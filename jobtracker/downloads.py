@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("jobtracker.downloads")
 
 ProgressFn = Callable[[int, int, int], None]
+# Seconds between renewals of this run's claims (well inside the claim TTL).
+_RENEW_EVERY_S = 60.0
 
 
 @dataclass(slots=True)
@@ -222,7 +224,12 @@ class Downloader:
         now = self.tracker.clock()
         with self.tracker.write() as conn:
             rows = conn.execute(
-                select(downloads.c.job_id, downloads.c.kind, downloads.c.source_url)
+                select(
+                    downloads.c.job_id,
+                    downloads.c.kind,
+                    downloads.c.source_url,
+                    downloads.c.claimed_by,
+                )
                 .where(*self._where(now))
                 .order_by(
                     downloads.c.url_expires_at.asc().nulls_last(),
@@ -232,6 +239,11 @@ class Downloader:
                 )
                 .limit(limit)
             ).all()
+            # An expired claim of a downloader that is still alive on this host is respected:
+            # expiry is for holders that died or that we cannot see (other hosts).
+            rows = [
+                r for r in rows if r.claimed_by is None or not leases.holder_is_alive(r.claimed_by)
+            ]
             for row in rows:
                 conn.execute(
                     update(downloads)
@@ -258,20 +270,29 @@ class Downloader:
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="download") as pool:
             running: dict[Future[FetchOutcome], FetchTask] = {}
             exhausted = False
-            # Bounded: every claimed row ends done, failed or released; the cap is a backstop.
-            for _ in range(self._total * 3 + 10):
+            claims = 0
+            renewed = time.monotonic()
+            # Bounded: a row is claimed at most once per run (a failed one stays claimed by us
+            # until the run ends), so claims stop; each wait ends when a fetch does, and every
+            # fetch is bounded by the client's timeouts and retry budget.
+            while True:
                 if (
                     not exhausted
                     and len(running) < width
                     and not self.stop.is_set()
                     and not self._over_time()
+                    and claims <= self._total + 1
                 ):
                     tasks = self._claim(width * 2 - len(running))
+                    claims += 1
                     exhausted = not tasks
                     for task in tasks:
                         running[pool.submit(fetch, self.client, task)] = task
                 if not running:
                     return
+                if time.monotonic() - renewed > _RENEW_EVERY_S:
+                    self._renew_claims()
+                    renewed = time.monotonic()
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
                     task = running.pop(future)
@@ -284,6 +305,16 @@ class Downloader:
                             running[pool.submit(fetch, self.client, retry)] = retry
                             continue
                     self._record(outcome)
+
+    def _renew_claims(self) -> None:
+        """Extend our claims while long files are still coming in."""
+        now = self.tracker.clock()
+        with self.tracker.write() as conn:
+            conn.execute(
+                update(downloads)
+                .where(downloads.c.claimed_by == self.holder)
+                .values(claim_expires_at=now + self.options.claim_ttl)
+            )
 
     def _refresh(self, task: FetchTask) -> FetchTask | None:
         """Ask the API for the job again, for freshly signed URLs; None when it gave none."""
@@ -334,6 +365,8 @@ class Downloader:
             else:
                 attempts = conn.execute(select(downloads.c.attempts).where(key)).scalar_one() + 1
                 gave_up = attempts >= self.options.max_attempts
+                # The claim stays ours until the run ends: one attempt per file per run, so a
+                # brief outage cannot use up every attempt within seconds.
                 conn.execute(
                     update(downloads)
                     .where(key)
@@ -342,8 +375,6 @@ class Downloader:
                         attempts=attempts,
                         last_error=outcome.error[:1000],
                         updated_at=now,
-                        claimed_by=None,
-                        claim_expires_at=None,
                     )
                 )
                 self.summary.files_failed += 1

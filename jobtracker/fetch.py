@@ -18,6 +18,7 @@ from pathlib import Path
 import requests
 
 from jobtracker.client import BatchClient
+from jobtracker.layout import prepare_job_dir
 from jobtracker.urls import redact_text, redact_url
 
 CHUNK = 1 << 20
@@ -66,7 +67,7 @@ def fetch(client: BatchClient, task: FetchTask, *, attempts: int = 3) -> FetchOu
 
 def _fetch_once(client: BatchClient, task: FetchTask) -> FetchOutcome:
     part = part_path(task.path)
-    task.path.parent.mkdir(parents=True, exist_ok=True)
+    prepare_job_dir(task.path.parent, task.job_id)
     offset = part.stat().st_size if part.exists() else 0
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     shown = redact_url(task.url) or task.url
@@ -78,6 +79,11 @@ def _fetch_once(client: BatchClient, task: FetchTask) -> FetchOutcome:
         return FetchOutcome(task, error=_short(exc))
     with response:
         status = response.status_code
+        if status == 416 and offset:
+            # The .part already holds the whole body (killed between the last write and the
+            # rename) or the file changed: start again from the first byte.
+            part.unlink(missing_ok=True)
+            return FetchOutcome(task, error="cut short: range not satisfiable; restarting")
         if status >= 400:
             snippet = _snippet(response)
             if task.signed and status in EXPIRED_STATUSES:

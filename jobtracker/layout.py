@@ -16,6 +16,7 @@ id; the directory then holds a ``JOB_ID`` file naming the job. Every path is che
 from __future__ import annotations
 
 import hashlib
+import uuid
 from pathlib import Path
 from urllib.parse import unquote
 
@@ -68,3 +69,14 @@ def file_path(dest: Path, job_id: str, kind: str) -> Path:
     if path.parent.parent != root:
         raise DownloadError(f"refusing a path outside {root}", job_id=job_id, kind=kind)
     return path
+
+
+def prepare_job_dir(directory: Path, job_id: str) -> None:
+    """Create a job's directory; a shortened one gets its ``JOB_ID`` file (written atomically)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    marker = directory / "JOB_ID"
+    if "~" in directory.name and not marker.exists():
+        # Two files of one job may be fetched at once: each writes its own temporary name.
+        tmp = directory / f".JOB_ID.{uuid.uuid4().hex}.tmp"
+        tmp.write_text(job_id, encoding="utf-8", errors="surrogatepass")
+        tmp.replace(marker)

@@ -47,6 +47,17 @@ def holder_is_dead(holder: str) -> bool:
     return False
 
 
+def holder_is_alive(holder: str) -> bool:
+    """True when the holder is a process on this host (this one included) that still exists.
+
+    Holders on other hosts cannot be checked: for them only the expiry counts.
+    """
+    parts = holder.rsplit(":", 2)
+    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    return int(parts[1]) == os.getpid() or not holder_is_dead(holder)
+
+
 def acquire(conn: Connection, name: str, holder: str, *, now: datetime, ttl: timedelta) -> None:
     """Take lease ``name`` for ``ttl``, or raise :class:`LockHeld` naming who holds it."""
     row = conn.execute(
