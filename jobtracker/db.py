@@ -11,18 +11,21 @@ from __future__ import annotations
 import importlib.util
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from jobtracker.errors import ConfigError, DatabaseNotReady
 from jobtracker.urls import redact_db_url
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+#: The newest migration. Every command checks the database against it, and reading it here
+#: spares them importing Alembic and its scripts (a test checks it equals Alembic's head).
+SCHEMA_HEAD = "0003_download_claims"
 
 #: Seconds a writer waits for another writer's lock on SQLite before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30
@@ -113,6 +116,8 @@ def migrations_dir() -> Path:
 
 def alembic_config() -> Config:
     """An Alembic configuration built in code, so no ``alembic.ini`` is needed at run time."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()))
     return cfg
@@ -120,6 +125,8 @@ def alembic_config() -> Config:
 
 def head_revision() -> str:
     """The newest revision this version of jobtracker knows."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     assert head is not None  # the package always ships at least one migration
     return head
@@ -127,7 +134,12 @@ def head_revision() -> str:
 
 def current_revision(conn: Connection) -> str | None:
     """The revision the database is at, or ``None`` when it has never been migrated."""
-    return MigrationContext.configure(conn).get_current_revision()
+    if not inspect(conn).has_table("alembic_version"):
+        return None
+    versions = [row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))]
+    if len(versions) > 1:
+        raise DatabaseNotReady(f"database has several schema heads ({', '.join(versions)})")
+    return versions[0] if versions else None
 
 
 def check_ready(engine: Engine, url: str) -> None:
@@ -143,13 +155,15 @@ def check_ready(engine: Engine, url: str) -> None:
         raise DatabaseNotReady(
             f"cannot open database {shown}: {getattr(exc, 'orig', None) or exc}"
         ) from exc
-    head = head_revision()
-    if current == head:
+    if current == SCHEMA_HEAD:
         return
+    head = head_revision()
     if current is None:
         raise DatabaseNotReady(
             f"database {shown} has no jobtracker tables; run `jobtracker db upgrade`", head=head
         )
+    from alembic.script import ScriptDirectory
+
     known = {rev.revision for rev in ScriptDirectory.from_config(alembic_config()).walk_revisions()}
     if current in known:
         raise DatabaseNotReady(
@@ -171,11 +185,15 @@ def upgrade(engine: Engine, url: str, revision: str = "head") -> None:
     path = sqlite_path(url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
+    from alembic import command
+
     _run_command(engine, lambda cfg: command.upgrade(cfg, revision))
 
 
 def downgrade(engine: Engine, revision: str) -> None:
     """Migrate the database down to ``revision`` (``base`` removes every jobtracker table)."""
+    from alembic import command
+
     _run_command(engine, lambda cfg: command.downgrade(cfg, revision))
 
 

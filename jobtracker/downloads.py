@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, and_, bindparam, case, func, or_, select, tuple_, update
 
 from jobtracker import leases
 from jobtracker.client import BatchClient
@@ -244,10 +244,14 @@ class Downloader:
             rows = [
                 r for r in rows if r.claimed_by is None or not leases.holder_is_alive(r.claimed_by)
             ]
-            for row in rows:
+            if rows:
                 conn.execute(
                     update(downloads)
-                    .where(and_(downloads.c.job_id == row.job_id, downloads.c.kind == row.kind))
+                    .where(
+                        tuple_(downloads.c.job_id, downloads.c.kind).in_(
+                            [(r.job_id, r.kind) for r in rows]
+                        )
+                    )
                     .values(claimed_by=self.holder, claim_expires_at=now + self.options.claim_ttl)
                 )
         return [self._task(r.job_id, r.kind, r.source_url) for r in rows]
@@ -294,6 +298,7 @@ class Downloader:
                     self._renew_claims()
                     renewed = time.monotonic()
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
+                finished: list[FetchOutcome] = []
                 for future in done:
                     task = running.pop(future)
                     outcome = future.result()
@@ -304,7 +309,8 @@ class Downloader:
                         if retry is not None:
                             running[pool.submit(fetch, self.client, retry)] = retry
                             continue
-                    self._record(outcome)
+                    finished.append(outcome)
+                self._record(finished)
 
     def _renew_claims(self) -> None:
         """Extend our claims while long files are still coming in."""
@@ -338,49 +344,85 @@ class Downloader:
             return None
         return FetchTask(task.job_id, task.kind, url, True, task.path)
 
-    def _record(self, outcome: FetchOutcome) -> None:
-        task = outcome.task
+    def _record(self, outcomes: list[FetchOutcome]) -> None:
+        """Record finished fetches, all in one transaction with one statement per kind."""
+        if not outcomes:
+            return
         now = self.tracker.clock()
-        key = and_(downloads.c.job_id == task.job_id, downloads.c.kind == task.kind)
+        done = [o for o in outcomes if o.error is None]
+        failed = [o for o in outcomes if o.error is not None]
+        where = and_(
+            downloads.c.job_id == bindparam("b_job_id"), downloads.c.kind == bindparam("b_kind")
+        )
         with self.tracker.write() as conn:
-            if outcome.error is None:
+            if done:
                 conn.execute(
                     update(downloads)
-                    .where(key)
+                    .where(where)
                     .values(
                         state="done",
-                        local_path=str(task.path),
-                        size_bytes=outcome.size,
-                        sha256=outcome.sha256,
+                        local_path=bindparam("b_path"),
+                        size_bytes=bindparam("b_size"),
+                        sha256=bindparam("b_sha256"),
                         last_error=None,
                         completed_at=now,
                         updated_at=now,
                         attempts=downloads.c.attempts + 1,
                         claimed_by=None,
                         claim_expires_at=None,
-                    )
+                    ),
+                    [
+                        {
+                            "b_job_id": o.task.job_id,
+                            "b_kind": o.task.kind,
+                            "b_path": str(o.task.path),
+                            "b_size": o.size,
+                            "b_sha256": o.sha256,
+                        }
+                        for o in done
+                    ],
                 )
-                self.summary.files_done += 1
-                self.summary.bytes += outcome.size
-            else:
-                attempts = conn.execute(select(downloads.c.attempts).where(key)).scalar_one() + 1
-                gave_up = attempts >= self.options.max_attempts
+            if failed:
                 # The claim stays ours until the run ends: one attempt per file per run, so a
                 # brief outage cannot use up every attempt within seconds.
+                attempts = downloads.c.attempts + 1
                 conn.execute(
                     update(downloads)
-                    .where(key)
+                    .where(where)
                     .values(
-                        state="failed" if gave_up else "pending",
+                        state=case(
+                            (attempts >= self.options.max_attempts, "failed"), else_="pending"
+                        ),
                         attempts=attempts,
-                        last_error=outcome.error[:1000],
+                        last_error=bindparam("b_error"),
                         updated_at=now,
-                    )
+                    ),
+                    [
+                        {
+                            "b_job_id": o.task.job_id,
+                            "b_kind": o.task.kind,
+                            "b_error": (o.error or "")[:1000],
+                        }
+                        for o in failed
+                    ],
                 )
-                self.summary.files_failed += 1
+                gave_up = conn.execute(
+                    select(func.count())
+                    .select_from(downloads)
+                    .where(
+                        tuple_(downloads.c.job_id, downloads.c.kind).in_(
+                            [(o.task.job_id, o.task.kind) for o in failed]
+                        ),
+                        downloads.c.state == "failed",
+                    )
+                ).scalar_one()
                 self.summary.files_gave_up += int(gave_up)
-                if len(self.summary.failures) < 100:
-                    self.summary.failures.append(f"{task.job_id} {task.kind}: {outcome.error}")
+        self.summary.files_done += len(done)
+        self.summary.bytes += sum(o.size for o in done)
+        self.summary.files_failed += len(failed)
+        for o in failed:
+            if len(self.summary.failures) < 100:
+                self.summary.failures.append(f"{o.task.job_id} {o.task.kind}: {o.error}")
         if self.on_progress is not None:
             self.on_progress(
                 self.summary.files_done + self.summary.files_failed, self._total, self.summary.bytes

@@ -22,6 +22,7 @@ from jobtracker.layout import prepare_job_dir
 from jobtracker.urls import redact_text, redact_url
 
 CHUNK = 1 << 20
+_HEAD = 64
 #: Answers of a storage host to an expired or revoked signed URL.
 EXPIRED_STATUSES = {400, 401, 403, 410}
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
@@ -109,9 +110,12 @@ def _fetch_once(client: BatchClient, task: FetchTask) -> FetchOutcome:
         length = response.headers.get("Content-Length")
         expected = start + int(length) if length and length.isdigit() else None
         received = start
+        head = b""  # the body's first bytes, to check its type without reading the file again
         try:
             with part.open(mode) as out:
                 for chunk in response.iter_content(CHUNK):
+                    if len(head) < _HEAD and not start:
+                        head += chunk[: _HEAD - len(head)]
                     out.write(chunk)
                     hasher.update(chunk)
                     received += len(chunk)
@@ -133,7 +137,10 @@ def _fetch_once(client: BatchClient, task: FetchTask) -> FetchOutcome:
             error=f"body is {received} bytes, Content-Length said {expected}",
             bytes_read=received - start,
         )
-    magic_error = _magic_error(task.kind, part)
+    if start:
+        with part.open("rb") as handle:
+            head = handle.read(_HEAD)
+    magic_error = _magic_error(task.kind, head)
     if magic_error:
         part.unlink(missing_ok=True)
         return FetchOutcome(task, error=magic_error, bytes_read=received - start)
@@ -165,9 +172,7 @@ def _content_type_error(kind: str, content_type: str) -> str | None:
     return None
 
 
-def _magic_error(kind: str, path: Path) -> str | None:
-    with path.open("rb") as handle:
-        head = handle.read(64)
+def _magic_error(kind: str, head: bytes) -> str | None:
     if kind == "artifacts" and not head.startswith((b"PK\x03\x04", b"PK\x05\x06")):
         return "artifacts body is not a zip archive"
     if kind == "predictions" and head.lstrip()[:1] not in (b"[", b"{"):

@@ -16,6 +16,7 @@ id; the directory then holds a ``JOB_ID`` file naming the job. Every path is che
 from __future__ import annotations
 
 import hashlib
+import os
 import uuid
 from pathlib import Path
 from urllib.parse import unquote
@@ -73,10 +74,22 @@ def file_path(dest: Path, job_id: str, kind: str) -> Path:
 
 def prepare_job_dir(directory: Path, job_id: str) -> None:
     """Create a job's directory; a shortened one gets its ``JOB_ID`` file (written atomically)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    if not directory.is_dir():
+        directory.mkdir(parents=True, exist_ok=True)
+        _fsync_dir(directory.parent)  # the new directory's entry must survive a crash too
     marker = directory / "JOB_ID"
     if "~" in directory.name and not marker.exists():
         # Two files of one job may be fetched at once: each writes its own temporary name.
         tmp = directory / f".JOB_ID.{uuid.uuid4().hex}.tmp"
         tmp.write_text(job_id, encoding="utf-8", errors="surrogatepass")
         tmp.replace(marker)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if os.name != "posix":
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -291,3 +291,10 @@ def test_migrations_dir_holds_the_alembic_scripts() -> None:
     assert Path(script.dir).resolve() == location.resolve()
     assert script.get_current_head() == db.head_revision()
     assert "0001_initial" in {r.revision for r in script.walk_revisions()}
+
+
+def test_the_schema_head_constant_is_alembics_head() -> None:
+    # Commands compare the database with db.SCHEMA_HEAD to avoid loading Alembic; a new
+    # migration must move the constant too.
+    script = ScriptDirectory.from_config(db.alembic_config())
+    assert script.get_current_head() == db.SCHEMA_HEAD
