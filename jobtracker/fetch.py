@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from jobtracker.client import BatchClient
-from jobtracker.layout import prepare_job_dir
+from jobtracker.layout import fsync_dir, prepare_job_dir
 from jobtracker.urls import redact_text, redact_url
 
 CHUNK = 1 << 20
@@ -145,7 +145,7 @@ def _fetch_once(client: BatchClient, task: FetchTask) -> FetchOutcome:
         part.unlink(missing_ok=True)
         return FetchOutcome(task, error=magic_error, bytes_read=received - start)
     os.replace(part, task.path)
-    _fsync_dir(task.path.parent)
+    fsync_dir(task.path.parent)
     return FetchOutcome(task, size=received, sha256=hasher.hexdigest(), bytes_read=received - start)
 
 
@@ -192,14 +192,3 @@ def _short(exc: BaseException) -> str:
     # Exception texts from urllib3 can quote the request URL, signature included.
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     return redact_text(text)[:300]
-
-
-def _fsync_dir(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk (POSIX).
-    if os.name != "posix":
-        return
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -76,7 +76,7 @@ def prepare_job_dir(directory: Path, job_id: str) -> None:
     """Create a job's directory; a shortened one gets its ``JOB_ID`` file (written atomically)."""
     if not directory.is_dir():
         directory.mkdir(parents=True, exist_ok=True)
-        _fsync_dir(directory.parent)  # the new directory's entry must survive a crash too
+        fsync_dir(directory.parent)  # the new directory's entry must survive a crash too
     marker = directory / "JOB_ID"
     if "~" in directory.name and not marker.exists():
         # Two files of one job may be fetched at once: each writes its own temporary name.
@@ -85,7 +85,8 @@ def prepare_job_dir(directory: Path, job_id: str) -> None:
         tmp.replace(marker)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries durable (a rename or a new entry in it), on POSIX."""
     if os.name != "posix":
         return
     fd = os.open(directory, os.O_RDONLY)
