@@ -170,7 +170,7 @@ class Job(Base):
         CheckConstraint(_check_in("status", STATUS_VALUES), name="status"),
         CheckConstraint(_check_in("response_shape", ("current", "legacy")), name="response_shape"),
         Index(None, "status", "created_at"),
-        Index(None, "created_at"),
+        Index(None, "created_at", "run_time_s"),
         Index(None, "status", "run_time_s"),
     )
 
