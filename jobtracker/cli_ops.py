@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 from types import FrameType
-from typing import IO
+from typing import IO, Any, NoReturn, Protocol
 
 import click
 
@@ -17,6 +17,7 @@ from jobtracker.cli_common import (
     EXIT_OK,
     EXIT_PARTIAL,
     Duration,
+    F,
     db_option,
     format_option,
     quiet,
@@ -66,6 +67,50 @@ def stop_on_signals() -> Iterator[threading.Event]:
             signal.signal(sig, old)
 
 
+def api_options(func: F) -> F:
+    """``--api-url``, ``--max-rps`` and ``--max-duration``: every command that calls the API."""
+    func = click.option(
+        "--max-duration",
+        type=Duration(),
+        help="Stop starting new work after this long (e.g. 10m); the rest waits for the next run.",
+    )(func)
+    func = click.option(
+        "--max-rps",
+        type=click.FloatRange(min=0.1),
+        default=DEFAULT_MAX_RPS,
+        show_default=True,
+        help="API requests per second at most (the API allows 600 per minute).",
+    )(func)
+    return click.option(
+        "--api-url",
+        envvar=API_URL_ENV,
+        metavar="URL",
+        help=f"Batch API base URL [env {API_URL_ENV}; default https://api.hume.ai].",
+    )(func)
+
+
+class _RunSummary(Protocol):
+    outcome: str
+    failures: list[str]
+
+    def line(self) -> str: ...
+
+    def as_dict(self) -> dict[str, Any]: ...
+
+
+def finish_run(summary: _RunSummary, fmt: Format, error: str | None = None) -> NoReturn:
+    """Print a poll/download summary (one line, or JSON/CSV), its failures, and exit."""
+    if fmt == "table":
+        click.echo(summary.line())
+    else:
+        render([summary.as_dict()], fmt, sys.stdout)
+    for failure in summary.failures[:20]:
+        say(f"  failed: {failure}")
+    if error:
+        say(f"error: {error}")
+    sys.exit(EXIT_OK if summary.outcome in _OK_OUTCOMES else EXIT_PARTIAL)
+
+
 @click.command("track")
 @click.argument("job_ids", nargs=-1)
 @click.option(
@@ -103,12 +148,7 @@ def track(
 
 
 @click.command("poll")
-@click.option(
-    "--api-url",
-    envvar=API_URL_ENV,
-    metavar="URL",
-    help=f"Batch API base URL [env {API_URL_ENV}; default https://api.hume.ai].",
-)
+@api_options
 @click.option(
     "--no-discover",
     is_flag=True,
@@ -120,18 +160,6 @@ def track(
     default=8,
     show_default=True,
     help="Job fetches in flight at once.",
-)
-@click.option(
-    "--max-rps",
-    type=click.FloatRange(min=0.1),
-    default=DEFAULT_MAX_RPS,
-    show_default=True,
-    help="Requests per second at most (the API allows 600/min).",
-)
-@click.option(
-    "--max-duration",
-    type=Duration(),
-    help="Stop starting new work after this long (e.g. 10m); the rest waits for the next run.",
 )
 @click.option(
     "--stale-after",
@@ -176,15 +204,7 @@ def poll(
         stop_on_signals() as stop,
     ):
         summary = tracker.poll(client, options, stop)
-    if fmt == "table":
-        click.echo(summary.line())
-    else:
-        render([summary.as_dict()], fmt, sys.stdout)
-    for failure in summary.failures[:20]:
-        say(f"  failed: {failure}")
-    if summary.error:
-        say(f"error: {summary.error}")
-    sys.exit(EXIT_OK if summary.outcome in _OK_OUTCOMES else EXIT_PARTIAL)
+    finish_run(summary, fmt, summary.error)
 
 
 @click.group("runs")
@@ -347,19 +367,7 @@ def demo(jobs: int, legacy: int, seed: int, db_url: str | None) -> None:
 @click.option(
     "--retry-failed", is_flag=True, help="Also try files marked failed after their attempts."
 )
-@click.option(
-    "--max-duration", type=Duration(), help="Stop starting new files after this long (e.g. 30m)."
-)
-@click.option(
-    "--api-url", envvar=API_URL_ENV, metavar="URL", help=f"Batch API base URL [env {API_URL_ENV}]."
-)
-@click.option(
-    "--max-rps",
-    type=click.FloatRange(min=0.1),
-    default=DEFAULT_MAX_RPS,
-    show_default=True,
-    help="Requests per second at most.",
-)
+@api_options
 @db_option
 @format_option
 def download(
@@ -407,13 +415,7 @@ def download(
         )
     if progress is not None:
         click.echo("", err=True)
-    if fmt == "table":
-        click.echo(summary.line())
-    else:
-        render([summary.as_dict()], fmt, sys.stdout)
-    for failure in summary.failures[:20]:
-        say(f"  failed: {failure}")
-    sys.exit(EXIT_OK if summary.outcome in _OK_OUTCOMES else EXIT_PARTIAL)
+    finish_run(summary, fmt)
 
 
 def _progress_printer() -> Callable[[int, int, int], None]:
