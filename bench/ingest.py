@@ -198,14 +198,14 @@ def plain_load(path: Path, payloads: Sequence[dict[str, Any]], batch_size: int =
                 for model, config in (request.get("models") or {}).items():
                     config_rows.append((job_id, model, _json(config or {}), run_time))
                 for pos, url in enumerate(request.get("urls") or ()):
-                    input_rows.append((job_id, "url", pos, url, "null"))
+                    input_rows.append((job_id, "url", pos, url, None))
                 for pos, file in enumerate(request.get("files") or ()):
                     name = file.get("filename")
                     input_rows.append(
                         (job_id, "file", pos, name if isinstance(name, str) else None, _json(file))
                     )
                 for pos, text in enumerate(request.get("text") or ()):
-                    input_rows.append((job_id, "text", pos, text, "null"))
+                    input_rows.append((job_id, "text", pos, text, None))
                 if status == "QUEUED":
                     provider_at = created
                 elif status == "IN_PROGRESS":
