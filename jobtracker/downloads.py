@@ -27,7 +27,7 @@ from jobtracker import leases
 from jobtracker.client import BatchClient
 from jobtracker.errors import AuthError, JobTrackerError
 from jobtracker.fetch import FetchOutcome, FetchTask, fetch, hash_file
-from jobtracker.layout import file_path
+from jobtracker.layout import file_path, fsync_dir
 from jobtracker.parse import parse_response
 from jobtracker.schema import downloads, poll_runs
 from jobtracker.store import write_results
@@ -354,6 +354,9 @@ class Downloader:
         where = and_(
             downloads.c.job_id == bindparam("b_job_id"), downloads.c.kind == bindparam("b_kind")
         )
+        if done:
+            # New job directories' entries, once for the batch, before the files count as done.
+            fsync_dir(self.options.dest)
         with self.tracker.write() as conn:
             if done:
                 conn.execute(

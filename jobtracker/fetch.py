@@ -122,7 +122,8 @@ def _fetch_once(client: BatchClient, task: FetchTask) -> FetchOutcome:
                     if expected is not None and received > expected:
                         break
                 out.flush()
-                os.fsync(out.fileno())
+                # The data and its size, not the access times: all a rename needs.
+                (getattr(os, "fdatasync", None) or os.fsync)(out.fileno())
         except (requests.RequestException, OSError) as exc:
             # Keep the .part file: the next attempt resumes where this one stopped.
             return FetchOutcome(

@@ -73,10 +73,12 @@ def file_path(dest: Path, job_id: str, kind: str) -> Path:
 
 
 def prepare_job_dir(directory: Path, job_id: str) -> None:
-    """Create a job's directory; a shortened one gets its ``JOB_ID`` file (written atomically)."""
-    if not directory.is_dir():
-        directory.mkdir(parents=True, exist_ok=True)
-        fsync_dir(directory.parent)  # the new directory's entry must survive a crash too
+    """Create a job's directory; a shortened one gets its ``JOB_ID`` file (written atomically).
+
+    A new directory's entry in ``dest`` is made durable by the downloader, once per batch of
+    finished files, before it records them as done.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
     marker = directory / "JOB_ID"
     if "~" in directory.name and not marker.exists():
         # Two files of one job may be fetched at once: each writes its own temporary name.
