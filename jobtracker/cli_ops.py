@@ -26,7 +26,7 @@ from jobtracker.cli_common import (
 from jobtracker.client import DEFAULT_MAX_RPS
 from jobtracker.poller import PollOptions
 from jobtracker.render import Format, render
-from jobtracker.settings import API_URL_ENV
+from jobtracker.settings import API_URL_ENV, data_dir
 from jobtracker.tracker import Tracker
 
 RUN_COLUMNS = (
@@ -316,13 +316,25 @@ def sandbox(host: str, port: int, jobs: int, legacy: int, seed: int, time_scale:
     show_default=True,
     help="Simulated legacy jobs.",
 )
-@click.option("--seed", type=int, default=7, show_default=True, help="Seed for the simulated jobs.")
-@db_option
-def demo(jobs: int, legacy: int, seed: int, db_url: str | None) -> None:
-    """Run the whole job against the built-in sandbox: poll until done, then report.
+@click.option(
+    "--seed",
+    type=int,
+    help="Seed for the simulated jobs (default: a new one each run, so every run shows new jobs).",
+)
+@click.option(
+    "--db",
+    "db_url",
+    metavar="URL",
+    help="Database for the demo (default: demo.db, an SQLite file in your data directory).",
+)
+def demo(jobs: int, legacy: int, seed: int | None, db_url: str | None) -> None:
+    """Run the whole job against the built-in sandbox: poll, download, report.
 
-    Needs no setup: it starts the simulated API on 127.0.0.1, migrates the database (the
-    embedded SQLite default unless --db is given), and prints progress and the run-time report.
+    Needs no setup: it starts the simulated API on 127.0.0.1, creates the embedded SQLite
+    database demo.db in your data directory (or uses --db), polls until every job has
+    finished, downloads the results and prints the run-time report. It never uses
+    $JOBTRACKER_DB or your jobtracker.db: simulated jobs must not mix with real ones (a poll
+    against the sandbox would mark real jobs as not found).
 
     \b
     Example:
@@ -331,7 +343,7 @@ def demo(jobs: int, legacy: int, seed: int, db_url: str | None) -> None:
     """
     from jobtracker.demo import run_demo
 
-    with Tracker(db_url) as tracker:
+    with Tracker(db_url or f"sqlite:///{data_dir() / 'demo.db'}") as tracker:
         say(f"database: {tracker.display_url}")
         result = run_demo(tracker, jobs=jobs, legacy=legacy, seed=seed, echo=click.echo)
         stats = tracker.run_time_stats(by="model")

@@ -44,12 +44,16 @@ def run_demo(
     *,
     jobs: int = 30,
     legacy: int = 6,
-    seed: int = 7,
+    seed: int | None = None,
     echo: Callable[[str], None] = print,
     download_dir: Path | None = None,
 ) -> DemoResult:
     """Run the demo on ``tracker``'s database (migrating it first); returns what happened."""
     tracker.upgrade()
+    if seed is None:
+        # New job ids every run: a second demo on the same database shows a whole lifecycle
+        # again instead of finding its jobs already finished.
+        seed = time.time_ns() % 2**31
     clock = ManualClock(time.time() - MAX_ROUNDS * ROUND_ADVANCE_S / 2)
     real_clock = tracker.clock
     # The tracker's clock follows the sandbox's, so job ages (and the poll backoff) make sense.
