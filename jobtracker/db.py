@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 #: The newest migration. Every command checks the database against it, and reading it here
 #: spares them importing Alembic and its scripts (a test checks it equals Alembic's head).
-SCHEMA_HEAD = "0004_created_run_time_index"
+SCHEMA_HEAD = "0005_request_hash"
 
 #: Seconds a writer waits for another writer's lock on SQLite before giving up.
 SQLITE_BUSY_TIMEOUT_S = 30

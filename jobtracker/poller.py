@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, or_, select, update
@@ -158,6 +158,10 @@ class Poller:
         self._started = 0.0
         self._requests_at_start = 0
         self._seen: set[str] = set()
+        self._renewed_at = datetime.min.replace(tzinfo=UTC)
+        self._cursor_written: int | None = None
+        # Written with the run record, and only when the refresh got to its end.
+        self._state_on_success: dict[str, str] = {}
 
     # --- the run --------------------------------------------------------------------------
 
@@ -168,6 +172,7 @@ class Poller:
         now = self.tracker.clock()
         with self.tracker.write() as conn:
             leases.acquire(conn, LEASE_NAME, self.holder, now=now, ttl=self.options.lease_ttl)
+            self._renewed_at = now
             self.summary.run_id = conn.execute(
                 poll_runs.insert()
                 .values(
@@ -217,7 +222,7 @@ class Poller:
         s.requests = self.client.requests_made - self._requests_at_start
         s.duration_s = time.monotonic() - self._started
         now = self.tracker.clock()
-        with self.tracker.read() as conn:
+        with self.tracker.write() as conn:
             unfinished = conn.execute(
                 select(func.count(), func.min(jobs.c.created_at)).where(
                     jobs.c.status.in_(_UNFINISHED), jobs.c.not_found_at.is_(None)
@@ -231,7 +236,6 @@ class Poller:
                     jobs.c.created_at < now - self.options.stale_after,
                 )
             ).scalar_one()
-        with self.tracker.write() as conn:
             conn.execute(
                 update(poll_runs)
                 .where(poll_runs.c.id == s.run_id)
@@ -245,6 +249,9 @@ class Poller:
                     error=s.error,
                 )
             )
+            if s.outcome in ("ok", "partial"):
+                for key, value in self._state_on_success.items():
+                    set_state(conn, key, value, now)
             leases.release(conn, LEASE_NAME, self.holder)
 
     def _check_stop(self) -> None:
@@ -270,7 +277,11 @@ class Poller:
         """
         now = self.tracker.clock()
         with self.tracker.write() as conn:
-            leases.renew(conn, LEASE_NAME, self.holder, now=now, ttl=self.options.lease_ttl)
+            # Renew the lease a few times per TTL, not on every page: a page of unchanged jobs
+            # then writes nothing at all.
+            if now - self._renewed_at >= self.options.lease_ttl / 4:
+                leases.renew(conn, LEASE_NAME, self.holder, now=now, ttl=self.options.lease_ttl)
+                self._renewed_at = now
             if results:
                 stats = write_results(
                     conn,
@@ -283,8 +294,9 @@ class Poller:
                 self.summary.jobs_new += stats.inserted
                 self.summary.jobs_changed += stats.updated
                 self.summary.stale_ignored += stats.stale
-            if cursor_ms is not None:
+            if cursor_ms is not None and cursor_ms != self._cursor_written:
                 set_state(conn, CURSOR_KEY, str(cursor_ms), now)
+                self._cursor_written = cursor_ms
 
     def _parse_page(
         self, page: Iterable[Any], only_known: set[str] | None
@@ -347,6 +359,7 @@ class Poller:
         with self.tracker.read() as conn:
             stored = get_state(conn, CURSOR_KEY)
         cursor = int(stored) if stored else None
+        self._cursor_written = cursor
         after = -1 if cursor is None else max(cursor - self.options.overlap_ms, -1)
         newest = cursor or 0
         for _ in range(_MAX_PAGES):
@@ -426,8 +439,7 @@ class Poller:
             if len(listable) >= self.options.list_threshold:
                 self._list(listable, list(_UNFINISHED))
             single.extend(listable)
-            with self.tracker.write() as conn:
-                set_state(conn, SWEEP_KEY, now.isoformat(), now)
+            self._state_on_success[SWEEP_KEY] = now.isoformat()
         else:
             with self.tracker.read() as conn:
                 last = get_state(conn, REFRESH_KEY)
@@ -435,8 +447,7 @@ class Poller:
             self._list(listable, [JobStatus.COMPLETED.value, JobStatus.FAILED.value])
             self._recent_starts(listable, since)
         self._fetch_each([*single, *fresh])
-        with self.tracker.write() as conn:
-            set_state(conn, REFRESH_KEY, now.isoformat(), now)
+        self._state_on_success[REFRESH_KEY] = now.isoformat()
 
     def _sweep_due(self, now: datetime) -> bool:
         with self.tracker.read() as conn:

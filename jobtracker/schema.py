@@ -153,6 +153,8 @@ class Job(Base):
     # The last payload as received, so parsing can be re-run after a parser fix.
     raw_payload: Mapped[dict[str, Any]]
     payload_hash: Mapped[str] = mapped_column(String(64))
+    # Hash of the payload's request part: unchanged requests skip rewriting configs/inputs.
+    request_hash: Mapped[str | None] = mapped_column(String(64))
     parser_version: Mapped[int] = mapped_column(Integer)
     # The tracker's own clock.
     first_seen_at: Mapped[datetime]

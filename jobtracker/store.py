@@ -66,6 +66,11 @@ class _Incoming:
     job_id: str
     payload_json: str
     payload_hash: str
+    request_hash: str
+
+
+def _hash(text: str) -> str:
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def canonical_json(payload: Any) -> str:
@@ -103,8 +108,13 @@ def write_results(
         if result.job_id is None:
             raise ValueError("write_results needs a job id on every result")
         text = canonical_json(payload)
+        request = payload.get("request") if isinstance(payload, dict) else None
         incoming = _Incoming(
-            result, result.job_id, text, hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
+            result,
+            result.job_id,
+            text,
+            _hash(text),
+            _hash(canonical_json(request)) if request is not None else "",
         )
         # Within one batch the most advanced answer wins; equal ranks: the later one.
         prior = batch.get(incoming.job_id)
@@ -155,12 +165,25 @@ def write_results(
             .values({c: bindparam(c) for c in columns}),
             [_update_row(inc, row, now, columns, next_poll) for inc, row in changed],
         )
-        changed_ids = [inc.job_id for inc, _ in changed]
-        for table in (job_configs, job_inputs):
-            for chunk in _chunks(changed_ids):
-                conn.execute(table.delete().where(table.c.job_id.in_(chunk)))
-    fresh = new + [inc for inc, _ in changed]
-    _insert_children(conn, fresh)
+    # A job's request does not change after submission: where its hash is the stored one,
+    # only the configs' copy of the run time moves; otherwise configs and inputs are rewritten.
+    rewrite: list[_Incoming] = []
+    same: list[_Incoming] = []
+    for inc, row in changed:
+        keep = row.request_hash == inc.request_hash and row.parser_version == PARSER_VERSION
+        (same if keep else rewrite).append(inc)
+    if same:
+        conn.execute(
+            update(job_configs)
+            .where(job_configs.c.job_id == bindparam("b_job_id"))
+            .values(run_time_s=bindparam("b_run_time")),
+            [{"b_job_id": inc.job_id, "b_run_time": inc.result.get_run_time()} for inc in same],
+        )
+    rewrite_ids = [inc.job_id for inc in rewrite]
+    for table in (job_configs, job_inputs):
+        for chunk in _chunks(rewrite_ids):
+            conn.execute(table.delete().where(table.c.job_id.in_(chunk)))
+    _insert_children(conn, new + rewrite)
     _insert_history(conn, new, changed, now)
     # A new job has no download rows yet (they reference it): a plain insert will do.
     completed = JobStatus.COMPLETED
@@ -234,6 +257,7 @@ def _lookup(conn: Connection, ids: Sequence[str]) -> dict[str, Any]:
         jobs.c.job_id,
         jobs.c.status,
         jobs.c.payload_hash,
+        jobs.c.request_hash,
         jobs.c.parser_version,
         jobs.c.terminal_seen_at,
     ).where(jobs.c.job_id.in_(bindparam("ids", expanding=True)))
@@ -259,6 +283,7 @@ _UPDATE_COLUMNS = (
     "notify",
     "raw_payload",
     "payload_hash",
+    "request_hash",
     "parser_version",
     "last_changed_at",
     "terminal_seen_at",
@@ -293,6 +318,7 @@ def _job_row(
         "notify": r.notify,
         "raw_payload": RawJSON(inc.payload_json),
         "payload_hash": inc.payload_hash,
+        "request_hash": inc.request_hash,
         "parser_version": PARSER_VERSION,
         "first_seen_at": now,
         "last_changed_at": now,

@@ -677,3 +677,53 @@ def test_a_count_too_large_for_the_column_fails_only_its_record(
     stats = tracker.ingest([current_payload("fine", "QUEUED"), huge], on_error=seen.append)
     assert (stats.inserted, stats.failed) == (1, 1)
     assert [r.job_id for r in tracker.jobs()] == ["fine"]
+
+
+def test_a_status_change_keeps_the_request_rows_and_moves_the_run_time(
+    db_url: str, core_make_tracker: MakeTracker
+) -> None:
+    tracker = core_make_tracker(db_url)
+    models = ("face", "prosody")
+    urls = ("https://inputs.example.com/a.mp4", "https://inputs.example.com/b.mp4")
+    tracker.ingest([current_payload("r", "QUEUED", models=models, urls=urls)])
+    done = current_payload(
+        "r",
+        "COMPLETED",
+        started=T0 + timedelta(seconds=2),
+        ended=T0 + timedelta(seconds=9),
+        models=models,
+        urls=urls,
+    )
+    assert tracker.ingest([done]).updated == 1
+
+    def request_rows() -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+        with tracker.engine.connect() as conn:
+            configs = conn.execute(
+                text("SELECT model, run_time_s FROM job_configs WHERE job_id = 'r' ORDER BY model")
+            ).all()
+            inputs = conn.execute(
+                text(
+                    "SELECT kind, position, value FROM job_inputs "
+                    "WHERE job_id = 'r' ORDER BY position"
+                )
+            ).all()
+        return [tuple(r) for r in configs], [tuple(r) for r in inputs]
+
+    configs, inputs = request_rows()
+    assert configs == [("face", 7.0), ("prosody", 7.0)]
+    assert inputs == [("url", 0, urls[0]), ("url", 1, urls[1])]
+
+    # A different request (it should never happen, but a parser fix can change what is
+    # extracted) rewrites the rows instead of keeping stale ones.
+    changed = current_payload(
+        "r",
+        "COMPLETED",
+        started=T0 + timedelta(seconds=2),
+        ended=T0 + timedelta(seconds=9),
+        models=("burst",),
+        urls=urls[:1],
+    )
+    assert tracker.ingest([changed]).updated == 1
+    configs, inputs = request_rows()
+    assert configs == [("burst", 7.0)]
+    assert inputs == [("url", 0, urls[0])]
