@@ -114,7 +114,9 @@ def write_results(
             result.job_id,
             text,
             _hash(text),
-            _hash(canonical_json(request)) if request is not None else "",
+            # Key order as received: the API answers a job's request the same way each time,
+            # and a reordering would only cost one needless rewrite.
+            _hash(json.dumps(request, separators=(",", ":"))) if request is not None else "",
         )
         # Within one batch the most advanced answer wins; equal ranks: the later one.
         prior = batch.get(incoming.job_id)
