@@ -97,6 +97,7 @@ _JOB_COLUMNS = (
     "notify",
     "raw_payload",
     "payload_hash",
+    "request_hash",
     "parser_version",
     "first_seen_at",
     "last_changed_at",
@@ -169,6 +170,15 @@ def plain_load(path: Path, payloads: Sequence[dict[str, Any]], batch_size: int =
                 )
                 raw = json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
                 digest = hashlib.blake2b(raw.encode(), digest_size=16).hexdigest()
+                # jobtracker hashes the request as received (store._Incoming.request_hash).
+                request_digest = (
+                    hashlib.blake2b(
+                        json.dumps(payload["request"], separators=(",", ":")).encode(),
+                        digest_size=16,
+                    ).hexdigest()
+                    if payload.get("request") is not None
+                    else ""
+                )
                 terminal = status in ("COMPLETED", "FAILED")
                 job_rows.append(
                     (
@@ -188,6 +198,7 @@ def plain_load(path: Path, payloads: Sequence[dict[str, Any]], batch_size: int =
                         request.get("notify"),
                         raw,
                         digest,
+                        request_digest,
                         PARSER_VERSION,
                         now,
                         now,

@@ -24,7 +24,7 @@ from jobtracker.cli_common import (
     say,
 )
 from jobtracker.client import DEFAULT_MAX_RPS
-from jobtracker.poller import PollOptions
+from jobtracker.poll_types import PollOptions
 from jobtracker.render import Format, render
 from jobtracker.settings import API_URL_ENV, data_dir
 from jobtracker.tracker import Tracker

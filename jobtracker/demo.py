@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from jobtracker.client import BatchClient
-from jobtracker.poller import PollOptions, PollSummary
+from jobtracker.poll_types import PollOptions, PollSummary
 from jobtracker.sandbox import ManualClock, Sandbox
 from jobtracker.tracker import Tracker
 

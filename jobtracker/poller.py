@@ -23,7 +23,6 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -33,10 +32,13 @@ from jobtracker import leases
 from jobtracker.client import BatchClient
 from jobtracker.errors import ApiError, AuthError, JobNotFound, JobTrackerError, ParseError
 from jobtracker.parse import parse_response
+from jobtracker.poll_types import PollOptions, PollSummary, next_poll_at, next_poll_delay
 from jobtracker.queries import get_state
 from jobtracker.results import JobResult, JobStatus
 from jobtracker.schema import jobs, poll_runs, tracked_jobs
 from jobtracker.store import set_state, write_results
+
+__all__ = ["PollOptions", "PollSummary", "Poller", "next_poll_delay"]
 
 if TYPE_CHECKING:
     from jobtracker.tracker import Tracker
@@ -58,81 +60,6 @@ LEASE_NAME = "poll"
 _UNFINISHED = (JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value)
 # Every paging loop stops here even if the API keeps answering full pages.
 _MAX_PAGES = 10_000
-
-
-@dataclass(slots=True)
-class PollOptions:
-    """Knobs of one poll run (the CLI exposes the useful ones)."""
-
-    discover: bool = True
-    concurrency: int = 8
-    max_duration: float | None = None
-    page_size: int = 500
-    overlap_ms: int = 5 * 60 * 1000
-    stale_after: timedelta = timedelta(days=7)
-    list_threshold: int = 20
-    sweep_interval: timedelta = timedelta(hours=1)
-    batch_size: int = 200
-    lease_ttl: timedelta = timedelta(minutes=10)
-
-
-@dataclass(slots=True)
-class PollSummary:
-    """What one poll run did."""
-
-    run_id: int | None = None
-    outcome: str = "running"
-    requests: int = 0
-    jobs_seen: int = 0
-    jobs_new: int = 0
-    jobs_changed: int = 0
-    jobs_failed: int = 0
-    not_found: int = 0
-    stale_ignored: int = 0
-    unfinished: int = 0
-    stale_jobs: int = 0
-    duration_s: float = 0.0
-    error: str | None = None
-    failures: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain dict for rendering (without the per-job failure list)."""
-        data = asdict(self)
-        data.pop("failures")
-        return data
-
-    def line(self) -> str:
-        """The one-line summary cron mails or logs."""
-        return (
-            f"poll {self.outcome}: {self.requests} requests, {self.jobs_seen} jobs seen, "
-            f"{self.jobs_new} new, {self.jobs_changed} changed, {self.jobs_failed} failed, "
-            f"{self.not_found} not found, {self.unfinished} unfinished ({self.stale_jobs} stale), "
-            f"{self.duration_s:.1f}s"
-        )
-
-
-def _next_poll_at(result: JobResult, now: datetime) -> datetime | None:
-    """When to fetch this job again on its own: never once finished, else by its age."""
-    if result.status.is_terminal:
-        return None
-    return now + next_poll_delay(now - (result.get_created_time() or now))
-
-
-def next_poll_delay(age: timedelta, failures: int = 0) -> timedelta:
-    """How long to wait before fetching an unfinished job again, by its age and failures."""
-    if age < timedelta(hours=1):
-        delay = timedelta(0)
-    elif age < timedelta(hours=6):
-        delay = timedelta(minutes=2)
-    elif age < timedelta(days=1):
-        delay = timedelta(minutes=10)
-    elif age < timedelta(days=7):
-        delay = timedelta(hours=1)
-    else:
-        delay = timedelta(hours=6)
-    if failures:
-        delay = max(delay, min(timedelta(minutes=2 ** min(failures, 9)), timedelta(hours=6)))
-    return delay
 
 
 class _Stop(Exception):
@@ -289,7 +216,7 @@ class Poller:
                     now=now,
                     polled=True,
                     touch_unchanged=fetched,
-                    next_poll=lambda r: _next_poll_at(r, now),
+                    next_poll=lambda r: next_poll_at(r, now),
                 )
                 self.summary.jobs_new += stats.inserted
                 self.summary.jobs_changed += stats.updated

@@ -34,7 +34,8 @@ from jobtracker.downloads import (
 )
 from jobtracker.errors import AuthError, ParseError, UnknownJob
 from jobtracker.parse import parse_response
-from jobtracker.poller import Poller, PollOptions, PollSummary
+from jobtracker.poll_types import PollOptions, PollSummary
+from jobtracker.poller import Poller
 from jobtracker.results import JobResult
 from jobtracker.schema import poll_runs, tracked_jobs
 from jobtracker.settings import data_dir, resolve_api_key, resolve_api_url, resolve_db_url
