@@ -287,7 +287,9 @@ class Poller:
             stored = get_state(conn, CURSOR_KEY)
         cursor = int(stored) if stored else None
         self._cursor_written = cursor
-        after = -1 if cursor is None else max(cursor - self.options.overlap_ms, -1)
+        # 0, not -1, on the first run: no job predates 1970, and an API may refuse a negative
+        # timestamp.
+        after = 0 if cursor is None else max(cursor - self.options.overlap_ms, 0)
         newest = cursor or 0
         for _ in range(_MAX_PAGES):
             self._check_stop()
