@@ -100,8 +100,41 @@ class When(click.ParamType):  # type: ignore[type-arg] # generic only in newer c
         return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+def _verbosity(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    # -v/-q given after the command name act as if given before it.
+    if not value:
+        return value
+    root = ctx.find_root()
+    root.ensure_object(dict)
+    if param.name == "quiet":
+        root.obj["quiet"] = True
+        configure_logging(0, True)
+    else:
+        configure_logging(int(value), bool(root.obj.get("quiet")))
+    return value
+
+
 def db_option(func: F) -> F:
-    """``--db URL`` (or ``$JOBTRACKER_DB``), declared once for every command."""
+    """``--db URL`` (or ``$JOBTRACKER_DB``), declared once for every command.
+
+    It also brings ``-v``/``-q``, so ``jobtracker poll -v`` works like ``jobtracker -v poll``.
+    """
+    func = click.option(
+        "-q",
+        "--quiet",
+        is_flag=True,
+        expose_value=False,
+        callback=_verbosity,
+        help="Print only errors and requested output.",
+    )(func)
+    func = click.option(
+        "-v",
+        "--verbose",
+        count=True,
+        expose_value=False,
+        callback=_verbosity,
+        help="Log more: every API request (redacted); -vv for debug.",
+    )(func)
     return click.option(
         "--db",
         "db_url",
@@ -136,6 +169,8 @@ def configure_logging(verbose: int, quiet: bool) -> None:
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    # basicConfig does nothing the second time; the level must still follow the last flags.
+    logging.getLogger().setLevel(level)
 
 
 def quiet() -> bool:

@@ -138,6 +138,17 @@ def test_db_upgrade_and_current(runner: CliRunner, db: str, tmp_path: Path) -> N
     assert f": {head.group(1)} (head {head.group(1)}; up to date)" in after.stdout
 
 
+def test_quiet_and_verbose_work_after_the_command_name(
+    runner: CliRunner, db: str, tmp_path: Path
+) -> None:
+    loud = invoke(runner, "db", "upgrade", "--db", db)
+    assert "is at revision" in loud.stderr
+    quiet = invoke(runner, "db", "upgrade", "--db", db, "-q")
+    assert quiet.stderr == ""
+    verbose = invoke(runner, "jobs", "list", "--db", db, "-vv")
+    assert verbose.exit_code == 0
+
+
 def test_db_url_from_the_environment(runner: CliRunner, tmp_path: Path) -> None:
     env_db = f"sqlite:///{tmp_path / 'env.db'}"
     other_db = f"sqlite:///{tmp_path / 'other.db'}"
