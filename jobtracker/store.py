@@ -187,12 +187,19 @@ def write_results(
             conn.execute(table.delete().where(table.c.job_id.in_(chunk)))
     _insert_children(conn, new + rewrite)
     _insert_history(conn, new, changed, now)
-    # A new job has no download rows yet (they reference it): a plain insert will do.
+    # Download rows are made when a job completes. A job new to us, or one that was unfinished
+    # until now (statuses never go back, so it was never terminal), has none yet: a plain
+    # insert will do. A job that was already terminal (seen again with freshly signed URLs,
+    # say) needs the upsert.
     completed = JobStatus.COMPLETED
-    insert_rows(
-        conn, downloads, _download_rows([i for i in new if i.result.status is completed], now)
-    )
-    _upsert_downloads(conn, [inc for inc, _ in changed if inc.result.status is completed], now)
+    unfinished = (JobStatus.QUEUED.value, JobStatus.IN_PROGRESS.value)
+    first = [i for i in new if i.result.status is completed]
+    again: list[_Incoming] = []
+    for inc, row in changed:
+        if inc.result.status is completed:
+            (first if row.status in unfinished else again).append(inc)
+    insert_rows(conn, downloads, _download_rows(first, now))
+    _upsert_downloads(conn, again, now)
     if polled and touch_unchanged and touched:
         if next_poll is None:
             for chunk in _chunks(touched):

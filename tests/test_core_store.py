@@ -727,3 +727,29 @@ def test_a_status_change_keeps_the_request_rows_and_moves_the_run_time(
     configs, inputs = request_rows()
     assert configs == [("burst", 7.0)]
     assert inputs == [("url", 0, urls[0])]
+
+
+def test_a_job_completed_again_after_failing_keeps_one_set_of_download_rows(
+    db_url: str, core_make_tracker: MakeTracker
+) -> None:
+    # Equal ranks may replace each other (COMPLETED <-> FAILED); the download rows made at the
+    # first completion must be upserted, not inserted twice.
+    tracker = core_make_tracker(db_url)
+    started, ended = T0 + timedelta(seconds=1), T0 + timedelta(seconds=5)
+    tracker.ingest([current_payload("cf", "QUEUED")])
+    tracker.ingest([current_payload("cf", "COMPLETED", started=started, ended=ended)])
+    tracker.ingest(
+        [current_payload("cf", "FAILED", started=started, ended=ended, message="late failure")]
+    )
+    stats = tracker.ingest(
+        [current_payload("cf", "COMPLETED", started=started, ended=ended, predictions=3)]
+    )
+    assert stats.updated == 1
+    with tracker.engine.connect() as conn:
+        kinds = (
+            conn.execute(text("SELECT kind FROM downloads WHERE job_id = 'cf' ORDER BY kind"))
+            .scalars()
+            .all()
+        )
+    assert kinds == ["artifacts", "predictions"]
+    assert tracker.job("cf").status == "COMPLETED"
