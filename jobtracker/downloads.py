@@ -432,46 +432,69 @@ class Downloader:
             )
 
 
+#: Done downloads read per page by verify (keyset paging keeps memory flat at any size).
+_VERIFY_PAGE = 1000
+
+
 def verify(tracker: Tracker) -> VerifySummary:
-    """Re-hash every downloaded file; missing or changed ones go back to pending with a note."""
+    """Re-hash every downloaded file; missing or changed ones go back to pending with a note.
+
+    Rows are read a page at a time and files hashed outside any transaction; each page's
+    findings are written before the next page is read.
+    """
     checked = ok = missing = changed = 0
-    with tracker.read() as conn:
-        rows = conn.execute(
-            select(downloads.c.job_id, downloads.c.kind, downloads.c.local_path, downloads.c.sha256)
-            .where(downloads.c.state == "done")
-            .order_by(downloads.c.job_id, downloads.c.kind)
-        ).all()
-    requeue: list[tuple[str, str, str]] = []
-    for row in rows:
-        checked += 1
-        path = Path(row.local_path) if row.local_path else None
-        if path is None or not path.is_file():
-            missing += 1
-            requeue.append((row.job_id, row.kind, "verify: file missing on disk; queued again"))
-            continue
-        _, digest = hash_file(path)
-        if digest != row.sha256:
-            changed += 1
-            requeue.append(
-                (row.job_id, row.kind, "verify: file changed on disk (sha256); queued again")
-            )
-        else:
-            ok += 1
-    if requeue:
-        now = tracker.clock()
-        with tracker.write() as conn:
-            for job_id, kind, note in requeue:
+    after: tuple[str, str] = ("", "")
+    while True:
+        with tracker.read() as conn:
+            rows = conn.execute(
+                select(
+                    downloads.c.job_id, downloads.c.kind, downloads.c.local_path, downloads.c.sha256
+                )
+                .where(
+                    downloads.c.state == "done",
+                    tuple_(downloads.c.job_id, downloads.c.kind) > after,
+                )
+                .order_by(downloads.c.job_id, downloads.c.kind)
+                .limit(_VERIFY_PAGE)
+            ).all()
+        if not rows:
+            break
+        after = (rows[-1].job_id, rows[-1].kind)
+        requeue: list[tuple[str, str, str]] = []
+        for row in rows:
+            checked += 1
+            path = Path(row.local_path) if row.local_path else None
+            if path is None or not path.is_file():
+                missing += 1
+                requeue.append((row.job_id, row.kind, "verify: file missing on disk; queued again"))
+                continue
+            _, digest = hash_file(path)
+            if digest != row.sha256:
+                changed += 1
+                requeue.append(
+                    (row.job_id, row.kind, "verify: file changed on disk (sha256); queued again")
+                )
+            else:
+                ok += 1
+        if requeue:
+            now = tracker.clock()
+            with tracker.write() as conn:
                 conn.execute(
                     update(downloads)
-                    .where(downloads.c.job_id == job_id, downloads.c.kind == kind)
+                    .where(
+                        downloads.c.job_id == bindparam("b_job_id"),
+                        downloads.c.kind == bindparam("b_kind"),
+                        downloads.c.state == "done",
+                    )
                     .values(
                         state="pending",
                         attempts=0,
-                        last_error=note,
+                        last_error=bindparam("b_note"),
                         sha256=None,
                         size_bytes=None,
                         completed_at=None,
                         updated_at=now,
-                    )
+                    ),
+                    [{"b_job_id": j, "b_kind": k, "b_note": n} for j, k, n in requeue],
                 )
     return VerifySummary(checked, ok, missing, changed)
