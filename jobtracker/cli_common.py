@@ -24,7 +24,9 @@ from jobtracker.settings import DB_ENV
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_PARTIAL, EXIT_USAGE, EXIT_AUTH, EXIT_LOCKED, EXIT_INTERRUPTED = 0, 1, 2, 3, 75, 130
+# Exit codes decided here; usage (2), auth (3) and lock (75) come from the exception classes'
+# exit_code (and click's own usage errors).
+EXIT_OK, EXIT_PARTIAL, EXIT_INTERRUPTED = 0, 1, 130
 
 JOB_COLUMNS = (
     "job_id",

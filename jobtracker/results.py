@@ -41,10 +41,6 @@ _RANK = {
     JobStatus.FAILED: 2,
 }
 
-#: Result file kinds a job can have; legacy jobs have all three as signed URLs, today's jobs
-#: have predictions and artifacts behind API endpoints.
-DOWNLOAD_KINDS = ("predictions", "artifacts", "errors")
-
 
 def ms_to_datetime(ms: int | None) -> datetime | None:
     """Epoch milliseconds to a timezone-aware UTC datetime (``None`` stays ``None``)."""

@@ -18,7 +18,7 @@ import json
 import operator
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, Table, bindparam, select, update
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from jobtracker.db import RawJSON
 from jobtracker.parse import PARSER_VERSION
-from jobtracker.results import JobResult, JobStatus
+from jobtracker.results import JobResult, JobStatus, ms_to_datetime
 from jobtracker.schema import (
     downloads,
     job_configs,
@@ -76,10 +76,6 @@ def _hash(text: str) -> str:
 def canonical_json(payload: Any) -> str:
     """Serialise a payload deterministically (sorted keys), so equal payloads hash equally."""
     return json.dumps(payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def _dt(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def write_results(
@@ -315,9 +311,9 @@ def _job_row(
         "status": r.status.value,
         "job_type": r.job_type,
         "response_shape": r.shape,
-        "created_at": _dt(r.created_ms),
-        "started_at": _dt(r.started_ms),
-        "ended_at": _dt(r.ended_ms),
+        "created_at": ms_to_datetime(r.created_ms),
+        "started_at": ms_to_datetime(r.started_ms),
+        "ended_at": ms_to_datetime(r.ended_ms),
         "run_time_s": r.get_run_time(),
         "queue_time_s": r.get_queue_time(),
         "error_message": r.error_message,
@@ -395,10 +391,10 @@ def _insert_children(conn: Connection, fresh: Sequence[_Incoming]) -> None:
 
 def _provider_time(r: JobResult) -> datetime | None:
     if r.status is JobStatus.QUEUED:
-        return _dt(r.created_ms)
+        return ms_to_datetime(r.created_ms)
     if r.status is JobStatus.IN_PROGRESS:
-        return _dt(r.started_ms)
-    return _dt(r.ended_ms)
+        return ms_to_datetime(r.started_ms)
+    return ms_to_datetime(r.ended_ms)
 
 
 def _insert_history(
