@@ -121,6 +121,7 @@ class Downloader:
         self.summary = DownloadSummary(dest=str(options.dest))
         self._total = 0
         self._started = 0.0
+        self._refreshed_jobs: set[str] = set()
 
     def run(self) -> DownloadSummary:
         """Fetch everything outstanding (that matches the options); record the run."""
@@ -323,23 +324,30 @@ class Downloader:
             )
 
     def _refresh(self, task: FetchTask) -> FetchTask | None:
-        """Ask the API for the job again, for freshly signed URLs; None when it gave none."""
-        try:
-            payload = self.client.get_job(task.job_id)
-            result = parse_response(payload, task.job_id)
-        except AuthError:
-            raise
-        except JobTrackerError as exc:
-            log.warning("job %s: could not refresh expired URLs: %s", task.job_id, exc)
-            return None
-        with self.tracker.write() as conn:
-            write_results(conn, [(result, payload)], now=self.tracker.clock(), polled=True)
+        """Ask the API for the job again, for freshly signed URLs; None when it gave none.
+
+        One request per job and run: a legacy job's three files expire together, and the first
+        refresh stores fresh URLs for all of them.
+        """
+        if task.job_id not in self._refreshed_jobs:
+            self._refreshed_jobs.add(task.job_id)
+            try:
+                payload = self.client.get_job(task.job_id)
+                result = parse_response(payload, task.job_id)
+            except AuthError:
+                raise
+            except JobTrackerError as exc:
+                log.warning("job %s: could not refresh expired URLs: %s", task.job_id, exc)
+                return None
+            with self.tracker.write() as conn:
+                write_results(conn, [(result, payload)], now=self.tracker.clock(), polled=True)
+            self.summary.refreshed += 1
+        with self.tracker.read() as conn:
             url = conn.execute(
                 select(downloads.c.source_url).where(
                     downloads.c.job_id == task.job_id, downloads.c.kind == task.kind
                 )
             ).scalar()
-        self.summary.refreshed += 1
         if not url or url == task.url:
             return None
         return FetchTask(task.job_id, task.kind, url, True, task.path)
