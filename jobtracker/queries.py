@@ -276,26 +276,47 @@ def run_time_stats(
 
     Only jobs that have ended (and so have a run time) are counted.
     """
+    value: Any = jobs.c.run_time_s
+    source: Any = jobs
+    base: list[ColumnElement[bool]] = [value.is_not(None)]
+    if since is not None:
+        base.append(jobs.c.created_at >= since)
+
+    key: ColumnElement[Any]
+
+    def group_where(group: Any) -> list[ColumnElement[bool]]:
+        return [key == group]
+
+    def label(group: Any) -> str:
+        return str(group)
+
     if by == "model":
-        value = job_configs.c.run_time_s
-        key: ColumnElement[Any] = job_configs.c.model
-        base: list[ColumnElement[bool]] = [value.is_not(None)]
-        source: Any = job_configs
+        value, key = job_configs.c.run_time_s, job_configs.c.model
+        base[0] = value.is_not(None)
+        source = job_configs
         if since is not None:
             source = job_configs.join(jobs, jobs.c.job_id == job_configs.c.job_id)
-            base.append(jobs.c.created_at >= since)
     elif by == "status":
-        value, key, source = jobs.c.run_time_s, jobs.c.status, jobs
-        base = [value.is_not(None)]
-        if since is not None:
-            base.append(jobs.c.created_at >= since)
+        key = jobs.c.status
     elif by == "day":
-        return _day_stats(conn, since)
+        base.append(jobs.c.created_at.is_not(None))
+        if conn.dialect.name == "postgresql":
+            key = func.date(func.timezone("UTC", jobs.c.created_at))
+        else:
+            key = func.date(jobs.c.created_at)
+
+        def group_where(group: Any) -> list[ColumnElement[bool]]:
+            # A range on created_at uses its index; the day expression would not.
+            start = datetime.fromisoformat(str(group)).replace(tzinfo=UTC)
+            return [jobs.c.created_at >= start, jobs.c.created_at < start + timedelta(days=1)]
+
+        def label(group: Any) -> str:
+            return str(group)[:10]
     else:
         raise ValueError(f"unknown grouping {by!r}; use model, status or day")
 
     summary = (
-        select(key.label("group"), func.count(), func.avg(value), func.max(value))
+        select(key, func.count(), func.avg(value), func.max(value))
         .select_from(source)
         .where(*base)
         .group_by(key)
@@ -303,48 +324,10 @@ def run_time_stats(
     )
     out = []
     for group, count, mean, maximum in conn.execute(summary):
-        where = [*base, key == group]
+        query = select(value).select_from(source).where(*base, *group_where(group))
         out.append(
             StatsRow(
-                str(group),
-                count,
-                _float(mean),
-                _nearest_rank(
-                    conn, select(value).select_from(source).where(*where), value, count, 0.50
-                ),
-                _nearest_rank(
-                    conn, select(value).select_from(source).where(*where), value, count, 0.95
-                ),
-                _float(maximum),
-            )
-        )
-    return out
-
-
-def _day_stats(conn: Connection, since: datetime | None) -> list[StatsRow]:
-    value = jobs.c.run_time_s
-    base: list[ColumnElement[bool]] = [value.is_not(None), jobs.c.created_at.is_not(None)]
-    if since is not None:
-        base.append(jobs.c.created_at >= since)
-    if conn.dialect.name == "postgresql":
-        day: ColumnElement[Any] = func.date(func.timezone("UTC", jobs.c.created_at))
-    else:
-        day = func.date(jobs.c.created_at)
-    summary = (
-        select(day.label("day"), func.count(), func.avg(value), func.max(value))
-        .where(*base)
-        .group_by(day)
-        .order_by(day)
-    )
-    out = []
-    for group, count, mean, maximum in conn.execute(summary):
-        start = datetime.fromisoformat(str(group)).replace(tzinfo=UTC)
-        # A range on created_at uses its index; the day expression would not.
-        where = [*base, jobs.c.created_at >= start, jobs.c.created_at < start + timedelta(days=1)]
-        query = select(value).where(*where)
-        out.append(
-            StatsRow(
-                str(group)[:10],
+                label(group),
                 count,
                 _float(mean),
                 _nearest_rank(conn, query, value, count, 0.50),
